@@ -1,0 +1,1 @@
+"""Faust agents: decode -> call pipeline -> emit. No business rules here."""

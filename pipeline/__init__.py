@@ -1,0 +1,1 @@
+"""touchflow's own logic: the pure domain core, configuration, app wiring and CLI."""

@@ -1,0 +1,58 @@
+"""Builds the Faust app from Settings (wiring only; the logic is in the core modules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from agents import segmentation
+from agents.broker_compat import TrueEndConsumer
+from pipeline.codec import Codecs
+from pipeline.settings import Settings
+
+
+class TouchflowApp(faust.App):  # type: ignore[misc]
+    """faust.App whose transport can carry broker workarounds (see agents.broker_compat)."""
+
+    def __init__(self, *args: Any, tansu_compat: bool = False, **kwargs: Any) -> None:
+        self.tansu_compat = tansu_compat
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> Any:
+        transport = super()._new_transport()
+        if self.tansu_compat:
+            transport.Consumer = TrueEndConsumer
+        return transport
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(","))
+
+
+def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp:
+    bootstrap = bootstrap or settings.kafka_bootstrap
+    if bootstrap == "embedded":
+        raise ValueError(
+            "a worker needs a broker address: set TOUCHFLOW_KAFKA_BOOTSTRAP "
+            "(`touchflow broker` starts a local one; `touchflow demo` wires everything)"
+        )
+    worker_dir = settings.data_dir / "faust" / f"worker-{settings.web_port}"
+    worker_dir.mkdir(parents=True, exist_ok=True)
+    app = TouchflowApp(
+        settings.app_id,
+        tansu_compat=settings.tansu_compat,
+        broker=faust_broker_url(bootstrap),
+        store="memory://",
+        datadir=str(worker_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        broker_commit_interval=1.0,
+    )
+    segmentation.register(app, settings, Codecs())
+    return app

@@ -1,0 +1,162 @@
+"""The `touchflow` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeline.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        sys.exit(f"touchflow: invalid configuration:\n{exc}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import DemoOptions, main
+
+    opts = DemoOptions(
+        seconds=args.seconds, rate=args.rate, days_per_second=args.days_per_second,
+        workers=args.workers, seed=args.seed,
+    )  # fmt: skip
+    return main(_settings(), opts)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.app import create_app
+
+    settings = _settings()
+    app = create_app(settings)
+    sys.argv = [
+        "touchflow", "worker", "--web-port", str(settings.web_port), "--loglevel", settings.log_level,
+    ]  # fmt: skip
+    app.main()
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from sinks.writer import ClickHouseSink
+
+    settings = _settings()
+    if settings.embedded_broker:
+        sys.exit("touchflow sink: set TOUCHFLOW_KAFKA_BOOTSTRAP to the broker's address")
+
+    async def run() -> None:
+        sink = ClickHouseSink(settings, settings.kafka_bootstrap)
+        await sink.start()
+        try:
+            await sink.run(asyncio.Event())
+        finally:
+            sink.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.broker import EmbeddedBroker, ensure_topics
+
+    settings = _settings()
+    with EmbeddedBroker(port=args.port) as broker:
+        asyncio.run(ensure_topics(broker.bootstrap, settings))
+        print(f"Tansu broker on {broker.bootstrap} with touchflow's topics (Ctrl-C stops it)")
+        print(f"export TOUCHFLOW_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+        try:
+            while broker.process and broker.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from pipeline.broker import ensure_topics
+
+    settings = _settings()
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings))
+    print("created: " + (", ".join(created) or "nothing (all exist)"))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from sinks import store
+
+    settings = _settings()
+    applied = store.migrate(settings.resolved_clickhouse_dsn(), settings.clickhouse_database)
+    print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+    return 0
+
+
+def _print_rows(columns: list[str], rows: list[Any], fmt: str) -> None:
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False, default=str))
+        return
+    if fmt == "tsv":
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(str(v) for v in row))
+        return
+    cells = [[str(v) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from sinks import store
+
+    settings = _settings()
+    client = store.connect(settings.resolved_clickhouse_dsn(), settings.clickhouse_database)
+    try:
+        result = client.query(args.query)
+    except Exception as exc:  # the server's own message is the useful part
+        print(f"touchflow sql: {exc}", file=sys.stderr)
+        return 2
+    _print_rows(list(result.column_names), list(result.result_rows), args.format)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="touchflow", description="Real-time customer segments for private-domain traffic."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded stack with synthetic traffic")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long traffic plays (default 30)")
+    p.add_argument("--rate", type=float, default=300.0, help="events per second (default 300)")
+    p.add_argument("--days-per-second", type=float, default=3.0, help="simulated days per second")
+    p.add_argument("--workers", type=int, default=1, help="Faust worker processes (default 1)")
+    p.add_argument("--seed", type=int, default=7, help="traffic generator seed")
+    p.set_defaults(func=cmd_demo)
+
+    sub.add_parser("worker", help="run a Faust worker (needs TOUCHFLOW_KAFKA_BOOTSTRAP)").set_defaults(func=cmd_worker)
+    sub.add_parser("sink", help="run the Kafka -> ClickHouse sink").set_defaults(func=cmd_sink)
+    p = sub.add_parser("broker", help="run a local Tansu broker with touchflow's topics")
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_broker)
+    sub.add_parser("topics", help="create touchflow's topics on the configured broker").set_defaults(func=cmd_topics)
+    sub.add_parser("migrate", help="create / upgrade the ClickHouse tables").set_defaults(func=cmd_migrate)
+    p = sub.add_parser("sql", help="run a query against the store")
+    p.add_argument("query")
+    p.add_argument("--format", choices=("table", "tsv", "json"), default="table")
+    p.set_defaults(func=cmd_sql)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Avro in the Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body.
+
+Schemas come from a registry behind `SchemaRegistry`; the embedded default reads the
+permanent ids in `schemas/registry.json`. Decoding always resolves the writer's schema
+(by id) against the reader's latest one, so old data stays readable as schemas evolve.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import fastavro
+
+from pipeline.errors import Reason, Rejected
+from pipeline.events import (
+    Chat,
+    EventType,
+    Identify,
+    Join,
+    Leave,
+    Payload,
+    Purchase,
+    Refund,
+    Share,
+    Touchpoint,
+    UserRef,
+)
+from pipeline.state import OrderRef, PersonState, Scores, SegmentChange
+
+MAGIC = 0
+HEADER = struct.Struct(">bI")
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+EVENTS_SUBJECT = "touchflow.events-value"
+CHANGES_SUBJECT = "touchflow.segment-changes-value"
+STATE_SUBJECT = "touchflow.person-state-value"
+
+
+class SchemaRegistry(Protocol):
+    def schema(self, schema_id: int) -> Any:
+        """The parsed schema with this id; KeyError when unknown."""
+
+    def latest(self, subject: str) -> tuple[int, Any]:
+        """(id, parsed schema) of the newest version of a subject."""
+
+
+class FileSchemaRegistry:
+    """Embedded registry: `.avsc` files with permanent ids listed in `registry.json`."""
+
+    def __init__(self, directory: Path = SCHEMAS_DIR) -> None:
+        index = json.loads((directory / "registry.json").read_text())
+        self._by_id: dict[int, Any] = {}
+        self._latest: dict[str, tuple[int, int]] = {}  # subject -> (version, id)
+        for entry in index["schemas"]:
+            raw = json.loads((directory / entry["file"]).read_text())
+            sid = int(entry["id"])
+            if sid in self._by_id:
+                raise ValueError(f"schema id {sid} is used twice in {directory}/registry.json")
+            self._by_id[sid] = fastavro.parse_schema(raw)
+            subject, version = entry["subject"], int(entry["version"])
+            if subject not in self._latest or self._latest[subject][0] < version:
+                self._latest[subject] = (version, sid)
+
+    def schema(self, schema_id: int) -> Any:
+        return self._by_id[schema_id]
+
+    def latest(self, subject: str) -> tuple[int, Any]:
+        _, sid = self._latest[subject]
+        return sid, self._by_id[sid]
+
+
+class WireCodec:
+    """Encode/decode one subject's records in the wire format."""
+
+    def __init__(self, registry: SchemaRegistry, subject: str) -> None:
+        self._registry = registry
+        self.schema_id, self.schema = registry.latest(subject)
+        self._header = HEADER.pack(MAGIC, self.schema_id)
+        self._writers: dict[int, Any] = {}
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        fastavro.schemaless_writer(buf, self.schema, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        if len(data) < HEADER.size:
+            raise Rejected(Reason.TRUNCATED, f"{len(data)} bytes, shorter than the 5-byte header")
+        magic, schema_id = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise Rejected(Reason.BAD_MAGIC, f"first byte is {magic & 0xFF}, expected 0")
+        writer = self._writers.get(schema_id)
+        if writer is None:
+            try:
+                writer = self._registry.schema(schema_id)
+            except KeyError:
+                raise Rejected(Reason.UNKNOWN_SCHEMA, f"schema id {schema_id}") from None
+            self._writers[schema_id] = writer
+        body = io.BytesIO(data)
+        body.seek(HEADER.size)
+        reader = None if schema_id == self.schema_id else self.schema
+        try:
+            record: dict[str, Any] = fastavro.schemaless_reader(
+                body, writer, reader, return_record_name=True, return_record_name_override=True
+            )
+        except EOFError:
+            raise Rejected(Reason.TRUNCATED, "Avro body ends early") from None
+        except Exception as exc:  # fastavro raises many kinds on garbage: all mean the same
+            raise Rejected(Reason.MALFORMED, f"{type(exc).__name__}: {exc}") from None
+        if body.tell() != len(data):
+            raise Rejected(Reason.MALFORMED, f"{len(data) - body.tell()} bytes after the record")
+        return record
+
+
+# -- touchpoints -------------------------------------------------------------------------
+
+
+def _user(d: dict[str, Any] | None) -> UserRef | None:
+    return None if d is None else UserRef(d["id_type"], d["id"])
+
+
+def _user_dict(u: UserRef | None) -> dict[str, str] | None:
+    return None if u is None else {"id_type": u.id_type, "id": u.id}
+
+
+@dataclass(frozen=True, slots=True)
+class _PayloadKind:
+    type: EventType
+    record_name: str
+    from_avro: Callable[[dict[str, Any]], Payload]
+    to_avro: Callable[[Any], dict[str, Any]]
+
+
+_PAYLOADS: tuple[_PayloadKind, ...] = (
+    _PayloadKind(
+        EventType.JOIN,
+        "touchflow.Join",
+        lambda d: Join(d["kind"], d["source"], _user(d["referrer"])),
+        lambda p: {"kind": p.kind, "source": p.source, "referrer": _user_dict(p.referrer)},
+    ),
+    _PayloadKind(
+        EventType.LEAVE, "touchflow.Leave", lambda d: Leave(d["kind"]), lambda p: {"kind": p.kind}
+    ),
+    _PayloadKind(
+        EventType.PURCHASE,
+        "touchflow.Purchase",
+        lambda d: Purchase(d["order_id"], d["amount_minor"], d["currency"], d["items"], d["place"]),
+        lambda p: {
+            "order_id": p.order_id,
+            "amount_minor": p.amount_minor,
+            "currency": p.currency,
+            "items": p.items,
+            "place": p.place,
+        },
+    ),
+    _PayloadKind(
+        EventType.REFUND,
+        "touchflow.Refund",
+        lambda d: Refund(d["order_id"], d["amount_minor"], d["currency"]),
+        lambda p: {"order_id": p.order_id, "amount_minor": p.amount_minor, "currency": p.currency},
+    ),
+    _PayloadKind(
+        EventType.CHAT,
+        "touchflow.Chat",
+        lambda d: Chat(d["direction"], d["party"]),
+        lambda p: {"direction": p.direction, "party": p.party},
+    ),
+    _PayloadKind(
+        EventType.SHARE,
+        "touchflow.Share",
+        lambda d: Share(d["content_id"], _user(d["invitee"])),
+        lambda p: {"content_id": p.content_id, "invitee": _user_dict(p.invitee)},
+    ),
+    _PayloadKind(
+        EventType.IDENTIFY,
+        "touchflow.Identify",
+        lambda d: Identify(tuple(UserRef(u["id_type"], u["id"]) for u in d["identities"])),
+        lambda p: {"identities": [_user_dict(u) for u in p.identities]},
+    ),
+)
+_BY_RECORD = {k.record_name: k for k in _PAYLOADS}
+_BY_TYPE = {k.type: k for k in _PAYLOADS}
+_EVENT_TYPES = {t.value: t for t in EventType}
+
+
+def touchpoint_from_record(r: dict[str, Any]) -> Touchpoint:
+    """A decoded Avro record (payload as (record name, dict)) as a typed Touchpoint."""
+    record_name, payload = r["payload"]
+    kind = _BY_RECORD[record_name]
+    event_type = _EVENT_TYPES.get(r["type"])
+    if event_type is None:
+        raise Rejected(Reason.UNKNOWN_TYPE, f"type {r['type']!r} is not one of {list(_EVENT_TYPES)}")
+    if event_type is not kind.type:
+        raise Rejected(
+            Reason.TYPE_MISMATCH, f"type {r['type']!r} but payload is {record_name.split('.')[-1]}"
+        )
+    return Touchpoint(
+        event_id=r["event_id"],
+        type=event_type,
+        brand=r["brand"],
+        channel=r["channel"],
+        user=UserRef(r["user"]["id_type"], r["user"]["id"]),
+        occurred_at=r["occurred_at"],
+        payload=kind.from_avro(payload),
+    )
+
+
+def touchpoint_to_record(e: Touchpoint) -> dict[str, Any]:
+    kind = _BY_TYPE[e.type]
+    return {
+        "event_id": e.event_id,
+        "type": e.type.value,
+        "brand": e.brand,
+        "channel": e.channel,
+        "user": {"id_type": e.user.id_type, "id": e.user.id},
+        "occurred_at": e.occurred_at,
+        "payload": (kind.record_name, kind.to_avro(e.payload)),
+    }
+
+
+# -- segment changes and state -----------------------------------------------------------
+
+
+def change_to_record(c: SegmentChange) -> dict[str, Any]:
+    return {
+        "brand": c.brand,
+        "person_id": c.person_id,
+        "dimension": c.dimension,
+        "from_value": c.from_value,
+        "to_value": c.to_value,
+        "rule": c.rule,
+        "cause_event_id": c.cause_event_id,
+        "event_time": c.event_time,
+        "seq": c.seq,
+        "scores_before": {"r": c.scores_before.r, "f": c.scores_before.f, "m": c.scores_before.m},
+        "scores_after": {"r": c.scores_after.r, "f": c.scores_after.f, "m": c.scores_after.m},
+    }
+
+
+def change_from_record(r: dict[str, Any]) -> SegmentChange:
+    b, a = r["scores_before"], r["scores_after"]
+    return SegmentChange(
+        brand=r["brand"],
+        person_id=r["person_id"],
+        dimension=r["dimension"],
+        from_value=r["from_value"],
+        to_value=r["to_value"],
+        rule=r["rule"],
+        cause_event_id=r["cause_event_id"],
+        event_time=r["event_time"],
+        seq=r["seq"],
+        scores_before=Scores(b["r"], b["f"], b["m"]),
+        scores_after=Scores(a["r"], a["f"], a["m"]),
+    )
+
+
+def state_to_record(s: PersonState) -> dict[str, Any]:
+    return {
+        "version": s.version,
+        "seq": s.seq,
+        "last_offset": s.last_offset,
+        "first_seen": s.first_seen,
+        "last_seen": s.last_seen,
+        "engagements": s.engagements,
+        "lifetime_orders": s.lifetime_orders,
+        "lifetime_amount_minor": s.lifetime_amount_minor,
+        "last_purchase_day": s.last_purchase_day,
+        "buckets": [{"day": d, "orders": o, "amount_minor": a} for d, o, a in s.buckets],
+        "recent_orders": [
+            {"order_id": i, "day": d, "amount_minor": a} for i, d, a in s.recent_orders
+        ],
+        "r": s.scores.r,
+        "f": s.scores.f,
+        "m": s.scores.m,
+        "rfm_segment": s.rfm_segment,
+        "aipl_stage": s.aipl_stage,
+    }
+
+
+def state_from_record(r: dict[str, Any]) -> PersonState:
+    orders: tuple[OrderRef, ...] = tuple(
+        (o["order_id"], o["day"], o["amount_minor"]) for o in r["recent_orders"]
+    )
+    return PersonState(
+        version=r["version"],
+        seq=r["seq"],
+        last_offset=r["last_offset"],
+        first_seen=r["first_seen"],
+        last_seen=r["last_seen"],
+        engagements=r["engagements"],
+        lifetime_orders=r["lifetime_orders"],
+        lifetime_amount_minor=r["lifetime_amount_minor"],
+        last_purchase_day=r["last_purchase_day"],
+        buckets=tuple((b["day"], b["orders"], b["amount_minor"]) for b in r["buckets"]),
+        recent_orders=orders,
+        scores=Scores(r["r"], r["f"], r["m"]),
+        rfm_segment=r["rfm_segment"],
+        aipl_stage=r["aipl_stage"],
+    )
+
+
+class Codecs:
+    """The three wire codecs touchflow uses, built once from one registry."""
+
+    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+        registry = registry if registry is not None else FileSchemaRegistry()
+        self.events = WireCodec(registry, EVENTS_SUBJECT)
+        self.changes = WireCodec(registry, CHANGES_SUBJECT)
+        self.state = WireCodec(registry, STATE_SUBJECT)
+
+    def encode_event(self, e: Touchpoint) -> bytes:
+        return self.events.encode(touchpoint_to_record(e))
+
+    def decode_event(self, data: bytes) -> Touchpoint:
+        return touchpoint_from_record(self.events.decode(data))
+
+    def encode_change(self, c: SegmentChange) -> bytes:
+        return self.changes.encode(change_to_record(c))
+
+    def decode_change(self, data: bytes) -> SegmentChange:
+        return change_from_record(self.changes.decode(data))
+
+    def encode_state(self, s: PersonState) -> bytes:
+        return self.state.encode(state_to_record(s))
+
+    def decode_state(self, data: bytes) -> PersonState:
+        return state_from_record(self.state.decode(data))

@@ -1,0 +1,138 @@
+"""Rolling RFM: daily purchase buckets, 1-5 scores, the eight classic segments. Pure.
+
+Purchases are kept as per-day buckets `(day, orders, amount_minor)` inside the window, so a
+customer's memory is bounded by the window length in days however long they live.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from enum import StrEnum
+
+MS_PER_DAY = 86_400_000
+
+Bucket = tuple[int, int, int]  # (day since epoch, orders, amount_minor)
+
+
+class RfmSegment(StrEnum):
+    """The eight classic segments, by whether R, F and M are each high or low."""
+
+    IMPORTANT_VALUE = "important_value"  # R high F high M high
+    IMPORTANT_DEVELOP = "important_develop"  # R high F low  M high
+    IMPORTANT_KEEP = "important_keep"  # R low  F high M high
+    IMPORTANT_RETAIN = "important_retain"  # R low  F low  M high
+    GENERAL_VALUE = "general_value"  # R high F high M low
+    GENERAL_DEVELOP = "general_develop"  # R high F low  M low
+    GENERAL_KEEP = "general_keep"  # R low  F high M low
+    GENERAL_RETAIN = "general_retain"  # R low  F low  M low
+
+
+SEGMENT_NAMES_ZH: dict[RfmSegment, str] = {
+    RfmSegment.IMPORTANT_VALUE: "重要价值客户",
+    RfmSegment.IMPORTANT_DEVELOP: "重要发展客户",
+    RfmSegment.IMPORTANT_KEEP: "重要保持客户",
+    RfmSegment.IMPORTANT_RETAIN: "重要挽留客户",
+    RfmSegment.GENERAL_VALUE: "一般价值客户",
+    RfmSegment.GENERAL_DEVELOP: "一般发展客户",
+    RfmSegment.GENERAL_KEEP: "一般保持客户",
+    RfmSegment.GENERAL_RETAIN: "一般挽留客户",
+}
+
+_SEGMENT_BY_HIGH: dict[tuple[bool, bool, bool], RfmSegment] = {
+    (True, True, True): RfmSegment.IMPORTANT_VALUE,
+    (True, False, True): RfmSegment.IMPORTANT_DEVELOP,
+    (False, True, True): RfmSegment.IMPORTANT_KEEP,
+    (False, False, True): RfmSegment.IMPORTANT_RETAIN,
+    (True, True, False): RfmSegment.GENERAL_VALUE,
+    (True, False, False): RfmSegment.GENERAL_DEVELOP,
+    (False, True, False): RfmSegment.GENERAL_KEEP,
+    (False, False, False): RfmSegment.GENERAL_RETAIN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RfmPolicy:
+    """How a brand scores RFM. Thresholds are ascending, four each, splitting five scores.
+
+    recency_days: days since the last purchase; at or below threshold k scores 5-k.
+    frequency_orders / monetary_minor: at or above threshold k scores k+2.
+    A dimension is "high" when its score is at least `high_score`.
+    """
+
+    window_days: int = 365
+    recency_days: tuple[int, int, int, int] = (7, 30, 90, 180)
+    frequency_orders: tuple[int, int, int, int] = (2, 3, 5, 8)
+    monetary_minor: tuple[int, int, int, int] = (20_000, 50_000, 100_000, 300_000)
+    high_score: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("recency_days", "frequency_orders", "monetary_minor"):
+            values = getattr(self, name)
+            if len(values) != 4 or list(values) != sorted(set(values)):
+                raise ValueError(f"{name} must be 4 strictly ascending thresholds, got {values}")
+        if self.window_days < 1:
+            raise ValueError(f"window_days must be >= 1, got {self.window_days}")
+        if not 1 <= self.high_score <= 5:
+            raise ValueError(f"high_score must be within 1..5, got {self.high_score}")
+
+
+@dataclass(frozen=True, slots=True)
+class RfmScores:
+    r: int
+    f: int
+    m: int
+    recency_days: int
+    orders: int
+    amount_minor: int
+
+
+def day_of(ms: int) -> int:
+    return ms // MS_PER_DAY
+
+
+def add_purchase(
+    buckets: tuple[Bucket, ...], day: int, orders: int, amount_minor: int
+) -> tuple[Bucket, ...]:
+    """Buckets with `orders`/`amount_minor` added to `day` (kept sorted by day)."""
+    for i, (d, o, a) in enumerate(buckets):
+        if d == day:
+            return (*buckets[:i], (d, o + orders, a + amount_minor), *buckets[i + 1 :])
+        if d > day:
+            return (*buckets[:i], (day, orders, amount_minor), *buckets[i:])
+    return (*buckets, (day, orders, amount_minor))
+
+
+def trim(buckets: tuple[Bucket, ...], today: int, window_days: int) -> tuple[Bucket, ...]:
+    """Drop buckets that fell out of the window ending `today` (inclusive, `window_days` long)."""
+    first = today - window_days + 1
+    if not buckets or buckets[0][0] >= first:
+        return buckets
+    return tuple(b for b in buckets if b[0] >= first)
+
+
+def score(
+    buckets: tuple[Bucket, ...], last_purchase_day: int, today: int, policy: RfmPolicy
+) -> RfmScores:
+    """R, F and M scores at `today` for a customer who has purchased at least once."""
+    first = today - policy.window_days + 1
+    orders = 0
+    amount = 0
+    for d, o, a in buckets:
+        if first <= d <= today:
+            orders += o
+            amount += a
+    recency = max(0, today - last_purchase_day)
+    return RfmScores(
+        r=5 - bisect_left(policy.recency_days, recency),
+        f=1 + bisect_right(policy.frequency_orders, orders),
+        m=1 + bisect_right(policy.monetary_minor, amount),
+        recency_days=recency,
+        orders=orders,
+        amount_minor=amount,
+    )
+
+
+def segment(scores: RfmScores, policy: RfmPolicy) -> RfmSegment:
+    high = policy.high_score
+    return _SEGMENT_BY_HIGH[(scores.r >= high, scores.f >= high, scores.m >= high)]

@@ -1,0 +1,51 @@
+"""Checks a decoded touchpoint against the contract before it may touch any state. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import Reason, Rejected
+from pipeline.events import Purchase, Refund, Touchpoint
+from pipeline.pii import PERSONAL_ID_TYPES, is_pseudonymised
+
+MS_PER_DAY = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int = 64 * 1024
+    max_amount_minor: int = 100_000_000  # 1,000,000.00 in one order is absurd for these brands
+    max_future_ms: int = 10 * 60 * 1000  # clock skew allowed for event time ahead of now
+    earliest_ms: int = 946_684_800_000  # 2000-01-01: nothing older is a real touchpoint
+    brands: frozenset[str] | None = None  # None: any brand slug is accepted
+
+
+def check_size(size: int, limits: Limits) -> None:
+    if size > limits.max_message_bytes:
+        raise Rejected(Reason.TOO_LARGE, f"{size} bytes > limit {limits.max_message_bytes}")
+
+
+def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
+    """Return the event if it keeps the contract; raise Rejected with the reason if not."""
+    for name in ("event_id", "brand", "channel"):
+        if not getattr(e, name):
+            raise Rejected(Reason.MISSING_FIELD, f"{name} is empty")
+    if not e.user.id or not e.user.id_type:
+        raise Rejected(Reason.MISSING_FIELD, "user.id_type and user.id are required")
+    if e.user.id_type in PERSONAL_ID_TYPES and not is_pseudonymised(e.user.id):
+        # Never echo the value: it is personal data.
+        raise Rejected(Reason.RAW_PII, f"user.id of type {e.user.id_type} is not a keyed hash")
+    if limits.brands is not None and e.brand not in limits.brands:
+        raise Rejected(Reason.UNKNOWN_BRAND, f"brand {e.brand!r} is not configured")
+    if e.occurred_at > now_ms + limits.max_future_ms:
+        ahead = (e.occurred_at - now_ms) / 1000
+        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at is {ahead:.0f}s in the future")
+    if e.occurred_at < limits.earliest_ms:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {e.occurred_at} is before {limits.earliest_ms}")
+    p = e.payload
+    if isinstance(p, Purchase | Refund):
+        if not p.order_id:
+            raise Rejected(Reason.MISSING_FIELD, "order_id is empty")
+        if p.amount_minor < 0 or p.amount_minor > limits.max_amount_minor:
+            raise Rejected(Reason.BAD_AMOUNT, f"amount_minor {p.amount_minor} outside 0..{limits.max_amount_minor}")
+    return e

@@ -1,0 +1,1 @@
+"""ClickHouse side of touchflow: migrations, row encoding and the Kafka -> ClickHouse sink."""

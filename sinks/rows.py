@@ -1,0 +1,57 @@
+"""Domain values -> ClickHouse rows (column order below). Pure, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.events import Join, Purchase, Refund, Share, Touchpoint
+from pipeline.state import PersonState, SegmentChange
+
+EVENT_COLUMNS = (
+    "event_id", "type", "brand", "channel", "person_id", "id_type", "user_id", "occurred_at",
+    "amount_minor", "order_id", "source", "related_id", "src_partition", "src_offset",
+)  # fmt: skip
+
+STATE_COLUMNS = (
+    "brand", "person_id", "version", "seq", "first_seen", "last_seen", "engagements",
+    "lifetime_orders", "lifetime_amount_minor", "last_purchase_day", "r", "f", "m",
+    "rfm_segment", "aipl_stage",
+)  # fmt: skip
+
+CHANGE_COLUMNS = (
+    "brand", "person_id", "seq", "dimension", "from_value", "to_value", "rule",
+    "cause_event_id", "event_time", "r_before", "f_before", "m_before", "r_after", "f_after",
+    "m_after",
+)  # fmt: skip
+
+
+def event_row(e: Touchpoint, person_id: str, partition: int, offset: int) -> list[Any]:
+    p = e.payload
+    amount, order_id, source, related = 0, "", "", ""
+    if isinstance(p, Purchase | Refund):
+        amount, order_id = p.amount_minor, p.order_id
+    elif isinstance(p, Join):
+        source = p.source or ""
+        related = p.referrer.id if p.referrer else ""
+    elif isinstance(p, Share):
+        related = p.invitee.id if p.invitee else ""
+    return [
+        e.event_id, e.type.value, e.brand, e.channel, person_id, e.user.id_type, e.user.id,
+        e.occurred_at, amount, order_id, source, related, partition, offset,
+    ]  # fmt: skip
+
+
+def state_row(brand: str, person_id: str, s: PersonState) -> list[Any]:
+    return [
+        brand, person_id, s.version, s.seq, s.first_seen, s.last_seen, s.engagements,
+        s.lifetime_orders, s.lifetime_amount_minor, s.last_purchase_day, s.scores.r,
+        s.scores.f, s.scores.m, s.rfm_segment or "", s.aipl_stage,
+    ]  # fmt: skip
+
+
+def change_row(c: SegmentChange) -> list[Any]:
+    b, a = c.scores_before, c.scores_after
+    return [
+        c.brand, c.person_id, c.seq, c.dimension, c.from_value or "", c.to_value or "", c.rule,
+        c.cause_event_id, c.event_time, b.r, b.f, b.m, a.r, a.f, a.m,
+    ]  # fmt: skip
