@@ -35,9 +35,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     app = create_app(settings)
-    sys.argv = [
-        "touchflow", "worker", "--web-port", str(settings.web_port), "--loglevel", settings.log_level,
-    ]  # fmt: skip
+    port, level = str(settings.web_port), settings.log_level
+    sys.argv = ["touchflow", "worker", "--web-port", port, "--loglevel", level]
     app.main()
     return 0
 
@@ -118,11 +117,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from sinks import store
 
     settings = _settings()
-    client = store.connect(settings.resolved_clickhouse_dsn(), settings.clickhouse_database)
+    dsn, db = settings.resolved_clickhouse_dsn(), settings.clickhouse_database
     try:
+        client = store.connect(dsn, db)
         result = client.query(args.query)
     except Exception as exc:  # the server's own message is the useful part
-        print(f"touchflow sql: {exc}", file=sys.stderr)
+        hint = ""
+        if "UNKNOWN_DATABASE" in str(exc):
+            hint = f"\nno database {db} at {dsn}: run `touchflow migrate` or `touchflow demo` first"
+        print(f"touchflow sql: {exc}{hint}", file=sys.stderr)
         return 2
     _print_rows(list(result.column_names), list(result.result_rows), args.format)
     return 0
@@ -134,21 +137,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the whole pipeline on the embedded stack with synthetic traffic")
-    p.add_argument("--seconds", type=float, default=30.0, help="how long traffic plays (default 30)")
+    p = sub.add_parser(
+        "demo", help="run the whole pipeline on the embedded stack with synthetic traffic"
+    )
+    p.add_argument(
+        "--seconds", type=float, default=30.0, help="how long traffic plays (default 30)"
+    )
     p.add_argument("--rate", type=float, default=300.0, help="events per second (default 300)")
     p.add_argument("--days-per-second", type=float, default=3.0, help="simulated days per second")
     p.add_argument("--workers", type=int, default=1, help="Faust worker processes (default 1)")
     p.add_argument("--seed", type=int, default=7, help="traffic generator seed")
     p.set_defaults(func=cmd_demo)
 
-    sub.add_parser("worker", help="run a Faust worker (needs TOUCHFLOW_KAFKA_BOOTSTRAP)").set_defaults(func=cmd_worker)
+    sub.add_parser(
+        "worker", help="run a Faust worker (needs TOUCHFLOW_KAFKA_BOOTSTRAP)"
+    ).set_defaults(func=cmd_worker)
     sub.add_parser("sink", help="run the Kafka -> ClickHouse sink").set_defaults(func=cmd_sink)
     p = sub.add_parser("broker", help="run a local Tansu broker with touchflow's topics")
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=cmd_broker)
-    sub.add_parser("topics", help="create touchflow's topics on the configured broker").set_defaults(func=cmd_topics)
-    sub.add_parser("migrate", help="create / upgrade the ClickHouse tables").set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "topics", help="create touchflow's topics on the configured broker"
+    ).set_defaults(func=cmd_topics)
+    sub.add_parser("migrate", help="create / upgrade the ClickHouse tables").set_defaults(
+        func=cmd_migrate
+    )
     p = sub.add_parser("sql", help="run a query against the store")
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "tsv", "json"), default="table")

@@ -107,16 +107,18 @@ class WireCodec:
         body.seek(HEADER.size)
         reader = None if schema_id == self.schema_id else self.schema
         try:
-            record: dict[str, Any] = fastavro.schemaless_reader(
+            decoded = fastavro.schemaless_reader(
                 body, writer, reader, return_record_name=True, return_record_name_override=True
             )
-        except EOFError:
+        except (EOFError, IndexError):  # fastavro raises IndexError when cut inside a number
             raise Rejected(Reason.TRUNCATED, "Avro body ends early") from None
         except Exception as exc:  # fastavro raises many kinds on garbage: all mean the same
             raise Rejected(Reason.MALFORMED, f"{type(exc).__name__}: {exc}") from None
         if body.tell() != len(data):
             raise Rejected(Reason.MALFORMED, f"{len(data) - body.tell()} bytes after the record")
-        return record
+        if not isinstance(decoded, dict):
+            raise Rejected(Reason.MALFORMED, f"decoded a {type(decoded).__name__}, not a record")
+        return decoded
 
 
 # -- touchpoints -------------------------------------------------------------------------
@@ -196,7 +198,9 @@ def touchpoint_from_record(r: dict[str, Any]) -> Touchpoint:
     kind = _BY_RECORD[record_name]
     event_type = _EVENT_TYPES.get(r["type"])
     if event_type is None:
-        raise Rejected(Reason.UNKNOWN_TYPE, f"type {r['type']!r} is not one of {list(_EVENT_TYPES)}")
+        raise Rejected(
+            Reason.UNKNOWN_TYPE, f"type {r['type']!r} is not one of {list(_EVENT_TYPES)}"
+        )
     if event_type is not kind.type:
         raise Rejected(
             Reason.TYPE_MISMATCH, f"type {r['type']!r} but payload is {record_name.split('.')[-1]}"

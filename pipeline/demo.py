@@ -16,11 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -65,7 +65,9 @@ def _dev_pii_key(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def _spawn_worker(settings: Settings, bootstrap: str, index: int, logs: Path) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    settings: Settings, bootstrap: str, index: int, logs: Path
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
         TOUCHFLOW_KAFKA_BOOTSTRAP=bootstrap,
@@ -75,7 +77,10 @@ def _spawn_worker(settings: Settings, bootstrap: str, index: int, logs: Path) ->
     )
     out = open(logs / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "pipeline.cli", "worker"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -105,10 +110,15 @@ def _describe(change: Any) -> str:
     )
 
 
-async def _print_changes(bootstrap: str, settings: Settings, progress: _Progress, stop: asyncio.Event) -> None:
+async def _print_changes(
+    bootstrap: str, settings: Settings, progress: _Progress, stop: asyncio.Event
+) -> None:
     codecs = Codecs()
     consumer = AIOKafkaConsumer(
-        settings.changes_topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        settings.changes_topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     window_start, shown, hidden = time.monotonic(), 0, 0
@@ -171,7 +181,9 @@ def _check_alive(workers: list[subprocess.Popen[bytes]], logs: Path) -> None:
     for i, w in enumerate(workers):
         if w.poll() is not None:
             tail = (logs / f"worker-{i}.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise WorkerDied(f"worker {i} exited with {w.returncode}; its log ends:\n" + "\n".join(tail))
+            raise WorkerDied(
+                f"worker {i} exited with {w.returncode}; its log ends:\n" + "\n".join(tail)
+            )
 
 
 async def _wait_caught_up(
@@ -207,7 +219,9 @@ async def _topic_ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
     finally:
         await consumer.stop()
     # True ends even where the broker misreports them (see agents.broker_compat).
-    fixed = await true_end_offsets(bootstrap, {(tp.topic, tp.partition): o for tp, o in reported.items()})
+    fixed = await true_end_offsets(
+        bootstrap, {(tp.topic, tp.partition): o for tp, o in reported.items()}
+    )
     return {TopicPartition(t, p): o or 0 for (t, p), o in fixed.items() if o}
 
 
@@ -250,10 +264,15 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
             # The embedded broker starts empty, so the embedded store must too.
             dsn = settings.resolved_clickhouse_dsn()
             if store.is_embedded(dsn):
-                store.connect(dsn).command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+                store.connect(dsn).command(
+                    f"DROP DATABASE IF EXISTS {settings.clickhouse_database}"
+                )
         else:
             bootstrap = settings.kafka_bootstrap
-        print(f"touchflow demo: broker {bootstrap}, store {settings.resolved_clickhouse_dsn()}", flush=True)
+        print(
+            f"touchflow demo: broker {bootstrap}, store {settings.resolved_clickhouse_dsn()}",
+            flush=True,
+        )
         await ensure_topics(bootstrap, settings)
         workers = [_spawn_worker(settings, bootstrap, i, logs) for i in range(opts.workers)]
         sink = ClickHouseSink(settings, bootstrap)
@@ -270,12 +289,20 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         deadline = time.monotonic() + opts.drain_timeout
         alive = lambda: _check_alive(workers, logs)  # noqa: E731
         alive()
-        processed = await _wait_caught_up(bootstrap, settings.app_id, progress.ends, deadline, alive)
+        processed = await _wait_caught_up(
+            bootstrap, settings.app_id, progress.ends, deadline, alive
+        )
         topics = [settings.events_topic, settings.changes_topic, settings.changelog_topic]
-        stored = await _wait_caught_up(bootstrap, settings.sink_group, await _topic_ends(bootstrap, topics), deadline)
+        stored = await _wait_caught_up(
+            bootstrap, settings.sink_group, await _topic_ends(bootstrap, topics), deadline
+        )
         if not (processed and stored):
-            print(f"warning: not everything was processed within {opts.drain_timeout:.0f}s "
-                  f"(worker logs: {logs})", file=sys.stderr, flush=True)
+            print(
+                f"warning: not everything was processed within {opts.drain_timeout:.0f}s "
+                f"(worker logs: {logs})",
+                file=sys.stderr,
+                flush=True,
+            )
         stop_printer.set()
         stop_sink.set()
         await asyncio.gather(printer, sink_task)
@@ -315,4 +342,3 @@ def main(settings: Settings, opts: DemoOptions) -> int:
         return 2
     print_summary(summary)
     return 0 if summary["drained"] else 1
-

@@ -111,7 +111,9 @@ class TrafficGenerator:
             self._orders += 1
             amount = max(100, int(rng.lognormvariate(0, 0.5) * c.basket_minor))
             place = "store" if c.channel == "store" else "online"
-            purchase = Purchase(f"o{self._orders:09d}", amount, items=rng.randint(1, 4), place=place)
+            purchase = Purchase(
+                f"o{self._orders:09d}", amount, items=rng.randint(1, 4), place=place
+            )
             return self._event(c, EventType.PURCHASE, purchase, at_ms)
         if roll < c.buy_p + 0.1:
             return self._event(c, EventType.SHARE, Share(f"content-{rng.randint(1, 40)}"), at_ms)

@@ -41,7 +41,7 @@ def normalise(id_type: str, value: str) -> str:
 
 def pseudonymise(id_type: str, value: str, key: bytes) -> str:
     """The keyed hash that stands for `value` everywhere downstream (idempotent)."""
-    if value.startswith(HASH_PREFIX):
+    if is_pseudonymised(value):
         return value
     digest = hashlib.blake2b(
         f"{id_type}\x1f{normalise(id_type, value)}".encode(),
@@ -51,5 +51,10 @@ def pseudonymise(id_type: str, value: str, key: bytes) -> str:
     return HASH_PREFIX + digest
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def is_pseudonymised(value: str) -> bool:
-    return value.startswith(HASH_PREFIX) and len(value) == len(HASH_PREFIX) + 32
+    """True for exactly what `pseudonymise` produces: the prefix and 32 lowercase hex digits."""
+    digest = value[len(HASH_PREFIX) :]
+    return value.startswith(HASH_PREFIX) and len(digest) == 32 and set(digest) <= _HEX

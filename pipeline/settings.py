@@ -90,7 +90,9 @@ class Settings(BaseSettings):
         config_file = os.environ.get("TOUCHFLOW_CONFIG")
         if config_file:
             if not Path(config_file).is_file():
-                raise FileNotFoundError(f"TOUCHFLOW_CONFIG names {config_file}, which is not a file")
+                raise FileNotFoundError(
+                    f"TOUCHFLOW_CONFIG names {config_file}, which is not a file"
+                )
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 

@@ -172,9 +172,7 @@ def apply(
         segment = rfm.segment(rs, policy.rfm).value
         window_orders = rs.orders
         segment_rule = f"rfm:R{rs.r}F{rs.f}M{rs.m}/high>={policy.rfm.high_score}"
-    stage = stages.aipl_stage(
-        c.engagements, c.lifetime_orders, window_orders, policy.aipl
-    ).value
+    stage = stages.aipl_stage(c.engagements, c.lifetime_orders, window_orders, policy.aipl).value
 
     changes: list[SegmentChange] = []
     seq = s.seq

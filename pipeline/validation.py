@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import Reason, Rejected
-from pipeline.events import Purchase, Refund, Touchpoint
+from pipeline.events import Identify, Join, Purchase, Refund, Share, Touchpoint, UserRef
 from pipeline.pii import PERSONAL_ID_TYPES, is_pseudonymised
 
 MS_PER_DAY = 86_400_000
@@ -20,6 +20,19 @@ class Limits:
     brands: frozenset[str] | None = None  # None: any brand slug is accepted
 
 
+def _identities(e: Touchpoint) -> list[tuple[str, UserRef]]:
+    """Every identity an event carries: the customer's and any in the payload."""
+    found = [("user.id", e.user)]
+    p = e.payload
+    if isinstance(p, Join) and p.referrer is not None:
+        found.append(("payload.referrer", p.referrer))
+    elif isinstance(p, Share) and p.invitee is not None:
+        found.append(("payload.invitee", p.invitee))
+    elif isinstance(p, Identify):
+        found.extend(("payload.identities", u) for u in p.identities)
+    return found
+
+
 def check_size(size: int, limits: Limits) -> None:
     if size > limits.max_message_bytes:
         raise Rejected(Reason.TOO_LARGE, f"{size} bytes > limit {limits.max_message_bytes}")
@@ -32,20 +45,26 @@ def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
             raise Rejected(Reason.MISSING_FIELD, f"{name} is empty")
     if not e.user.id or not e.user.id_type:
         raise Rejected(Reason.MISSING_FIELD, "user.id_type and user.id are required")
-    if e.user.id_type in PERSONAL_ID_TYPES and not is_pseudonymised(e.user.id):
-        # Never echo the value: it is personal data.
-        raise Rejected(Reason.RAW_PII, f"user.id of type {e.user.id_type} is not a keyed hash")
+    for where, user in _identities(e):
+        if user.id_type in PERSONAL_ID_TYPES and not is_pseudonymised(user.id):
+            # Never echo the value: it is personal data.
+            raise Rejected(Reason.RAW_PII, f"{where} of type {user.id_type} is not a keyed hash")
     if limits.brands is not None and e.brand not in limits.brands:
         raise Rejected(Reason.UNKNOWN_BRAND, f"brand {e.brand!r} is not configured")
     if e.occurred_at > now_ms + limits.max_future_ms:
         ahead = (e.occurred_at - now_ms) / 1000
         raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at is {ahead:.0f}s in the future")
     if e.occurred_at < limits.earliest_ms:
-        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {e.occurred_at} is before {limits.earliest_ms}")
+        raise Rejected(
+            Reason.BAD_TIMESTAMP, f"occurred_at {e.occurred_at} is before {limits.earliest_ms}"
+        )
     p = e.payload
     if isinstance(p, Purchase | Refund):
         if not p.order_id:
             raise Rejected(Reason.MISSING_FIELD, "order_id is empty")
         if p.amount_minor < 0 or p.amount_minor > limits.max_amount_minor:
-            raise Rejected(Reason.BAD_AMOUNT, f"amount_minor {p.amount_minor} outside 0..{limits.max_amount_minor}")
+            raise Rejected(
+                Reason.BAD_AMOUNT,
+                f"amount_minor {p.amount_minor} outside 0..{limits.max_amount_minor}",
+            )
     return e

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
@@ -64,4 +65,3 @@ def migrate(dsn: str, database: str) -> list[str]:
         client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
         applied.append(name)
     return applied
-

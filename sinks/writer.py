@@ -50,7 +50,9 @@ class _Batch:
 
     def token(self, table: str) -> str:
         """Same source offsets -> same token, so ClickHouse drops a retried insert."""
-        span = ",".join(f"{tp.topic}/{tp.partition}:{a}-{b}" for tp, (a, b) in sorted(self.spans.items()))
+        span = ",".join(
+            f"{tp.topic}/{tp.partition}:{a}-{b}" for tp, (a, b) in sorted(self.spans.items())
+        )
         return f"{table}:" + hashlib.sha256(span.encode()).hexdigest()[:32]
 
 
@@ -95,7 +97,9 @@ class ClickHouseSink:
         except Rejected:
             self.stats.skipped_events += 1  # the worker dead-letters it; nothing to store
             return
-        batch.rows[EVENTS].append(rows.event_row(e, person_id_for(e.user), msg.partition, msg.offset))
+        batch.rows[EVENTS].append(
+            rows.event_row(e, person_id_for(e.user), msg.partition, msg.offset)
+        )
 
     def _change_rows(self, batch: _Batch, msg: Any) -> None:
         batch.rows[CHANGES].append(rows.change_row(self.codecs.decode_change(msg.value)))
@@ -104,7 +108,9 @@ class ClickHouseSink:
         if msg.value is None:
             return  # tombstone: a deleted key; the store keeps the last state
         brand, person_id = split_state_key(msg.key.decode())
-        batch.rows[STATE].append(rows.state_row(brand, person_id, self.codecs.decode_state(msg.value)))
+        batch.rows[STATE].append(
+            rows.state_row(brand, person_id, self.codecs.decode_state(msg.value))
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -165,7 +171,9 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    async def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         result = await self._call(self._client.query, sql, parameters=parameters)
         return list(result.result_rows)
 

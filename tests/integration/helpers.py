@@ -1,0 +1,131 @@
+"""Helpers for tests on the real local stack: worker processes, publishing, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.broker import free_port
+from pipeline.codec import Codecs
+from pipeline.events import Touchpoint
+from pipeline.identity import partition_key
+from pipeline.settings import Settings
+
+PII_KEY = "integration-tests-key-0123456789abcdef"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+async def async_wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+class Worker:
+    """A `touchflow worker` process configured from a Settings object via a YAML file."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings = settings
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        config = self.log.with_suffix(".yaml")
+        data = self.settings.model_dump(mode="json", exclude={"pii_key"})
+        data["web_port"] = free_port()
+        config.write_text(yaml.safe_dump(data))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHFLOW_")}
+        env["TOUCHFLOW_CONFIG"] = str(config)
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if not self.alive():
+            return self.process.returncode if self.process else None
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def publish(settings: Settings, events: list[Touchpoint | bytes]) -> None:
+    """Publish events in order (raw bytes go as they are, keyed like the first event)."""
+    codecs = Codecs()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        key = b"raw"
+        for e in events:
+            if isinstance(e, bytes):
+                await producer.send_and_wait(settings.events_topic, e, key=key)
+            else:
+                key = partition_key(e.user)
+                await producer.send_and_wait(settings.events_topic, codecs.encode_event(e), key=key)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Any]:
+    """The first `count` records of a topic (all partitions), or fail after `timeout`."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{topic}: {len(records)} records after {timeout}s, expected {count}"
+                )
+            for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(msgs)
+        # Anything beyond `count` that is already there is a failure too: read a moment more.
+        for msgs in (await consumer.getmany(timeout_ms=500)).values():
+            records.extend(msgs)
+    finally:
+        await consumer.stop()
+    return records

@@ -1,0 +1,134 @@
+"""Pseudonymisation at the edge, and the person id derived from a (hashed) identity."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.events import UserRef
+from pipeline.identity import partition_key, person_id_for
+from pipeline.pii import PiiKeyError, is_pseudonymised, pseudonymise
+
+KEY = b"k" * 32
+OTHER_KEY = b"j" * 32
+HEX = set(string.hexdigits.lower())
+
+
+def test_same_key_same_hash() -> None:
+    assert pseudonymise("openid", "oUpF8uMuAJO", KEY) == pseudonymise("openid", "oUpF8uMuAJO", KEY)
+
+
+def test_hash_is_the_versioned_prefix_and_32_hex_digits() -> None:
+    h = pseudonymise("openid", "oUpF8uMuAJO", KEY)
+    assert h.startswith("h1:")
+    assert len(h) == 35
+    assert set(h[3:]) <= HEX
+    assert is_pseudonymised(h)
+
+
+def test_different_keys_give_different_hashes() -> None:
+    assert pseudonymise("openid", "oUpF8uMuAJO", KEY) != pseudonymise(
+        "openid", "oUpF8uMuAJO", OTHER_KEY
+    )
+
+
+def test_the_id_type_is_part_of_the_hash() -> None:
+    assert pseudonymise("openid", "same", KEY) != pseudonymise("unionid", "same", KEY)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["+86 138-0013-8000", "0086 13800138000", "13800138000", " 138 0013 8000 ", "+8613800138000"],
+)
+def test_phone_spellings_give_one_hash(spelling: str) -> None:
+    assert pseudonymise("phone", spelling, KEY) == pseudonymise("phone", "13800138000", KEY)
+
+
+def test_different_phones_give_different_hashes() -> None:
+    assert pseudonymise("phone", "13800138000", KEY) != pseudonymise("phone", "13800138001", KEY)
+
+
+def test_surrounding_spaces_do_not_change_an_id() -> None:
+    assert pseudonymise("openid", "  abc  ", KEY) == pseudonymise("openid", "abc", KEY)
+
+
+def test_pseudonymise_is_idempotent_on_a_hash() -> None:
+    h = pseudonymise("openid", "oUpF8uMuAJO", KEY)
+    assert pseudonymise("openid", h, KEY) == h
+    assert pseudonymise("openid", h, OTHER_KEY) == h
+
+
+def test_a_raw_value_that_merely_starts_with_the_prefix_is_still_hashed() -> None:
+    """Only a well-formed hash may pass through untouched; anything else is a raw value."""
+    out = pseudonymise("phone", "h1:13800138000", KEY)
+    assert "13800138000" not in out
+    assert is_pseudonymised(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["openid", "unionid", "external_userid", "member_id"]),
+    st.text(min_size=8, max_size=40).filter(lambda v: not v.startswith("h1:") and v.strip()),
+)
+def test_the_raw_value_never_appears_in_the_hash(id_type: str, raw: str) -> None:
+    out = pseudonymise(id_type, raw, KEY)
+    assert raw.strip() not in out
+    assert is_pseudonymised(out)
+    assert pseudonymise(id_type, out, KEY) == out
+
+
+@pytest.mark.parametrize("key", [b"", b"short", b"x" * 15])
+def test_a_short_key_is_refused(key: bytes) -> None:
+    with pytest.raises(PiiKeyError, match="16 bytes"):
+        pseudonymise("openid", "oUpF8uMuAJO", key)
+
+
+def test_a_16_byte_key_is_enough() -> None:
+    assert is_pseudonymised(pseudonymise("openid", "oUpF8uMuAJO", b"x" * 16))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("h1:" + "0" * 32, True),
+        ("h1:" + "0" * 31, False),
+        ("h1:" + "0" * 33, False),
+        ("h2:" + "0" * 32, False),
+        ("0" * 35, False),
+        ("", False),
+    ],
+)
+def test_is_pseudonymised(value: str, expected: bool) -> None:
+    assert is_pseudonymised(value) is expected
+
+
+# -- identity -----------------------------------------------------------------------------
+
+H = "h1:" + "0123456789abcdef" * 2
+
+
+def test_person_id_is_deterministic_and_well_formed() -> None:
+    a = person_id_for(UserRef("openid", H))
+    assert a == person_id_for(UserRef("openid", H))
+    assert a.startswith("p")
+    assert len(a) == 17
+    assert set(a[1:]) <= HEX
+
+
+def test_person_id_differs_by_id_type_and_by_id() -> None:
+    ids = {
+        person_id_for(UserRef("openid", H)),
+        person_id_for(UserRef("unionid", H)),
+        person_id_for(UserRef("openid", "h1:" + "f" * 32)),
+    }
+    assert len(ids) == 3
+
+
+def test_partition_key_is_stable_per_person_and_differs_between_people() -> None:
+    a = partition_key(UserRef("openid", H))
+    assert isinstance(a, bytes)
+    assert a == partition_key(UserRef("openid", H))
+    assert a != partition_key(UserRef("unionid", H))

@@ -1,0 +1,487 @@
+"""Per-person state: scripted stories with literal outcomes, and properties of any history."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from pipeline import rfm, stages
+from pipeline.events import (
+    Chat,
+    EventType,
+    Join,
+    Leave,
+    Purchase,
+    Refund,
+    Share,
+    Touchpoint,
+    UserRef,
+)
+from pipeline.rfm import RfmPolicy
+from pipeline.state import NO_SCORES, PersonState, Policy, Scores, SegmentChange, apply
+
+DAY = 86_400_000
+HOUR = 3_600_000
+DAY0 = 19_675  # 2023-11-14
+T0 = DAY0 * DAY  # midnight UTC, so "+ n hours" stays on DAY0 for n < 24
+PERSON = "p-test"
+USER = UserRef("openid", "h1:" + "0123456789abcdef" * 2)
+CLASSIC = Policy()
+WINDOW_POLICY = Policy(rfm=RfmPolicy(window_days=30))
+
+
+def _ev(event_id: str, type: EventType, payload, at: int, channel: str = "wecom") -> Touchpoint:
+    return Touchpoint(event_id, type, "lumi", channel, USER, at, payload)
+
+
+def _run(
+    events: list[Touchpoint], policy: Policy = CLASSIC, state: PersonState | None = None
+) -> tuple[PersonState, list[SegmentChange]]:
+    changes: list[SegmentChange] = []
+    for e in events:
+        state, cs = apply(state, e, PERSON, policy)
+        changes.extend(cs)
+    assert state is not None
+    return state, changes
+
+
+def _change(
+    seq: int,
+    dimension: str,
+    from_value: str | None,
+    to_value: str | None,
+    rule: str,
+    cause: str,
+    at: int,
+    before: Scores,
+    after: Scores,
+) -> SegmentChange:
+    return SegmentChange(
+        brand="lumi",
+        person_id=PERSON,
+        dimension=dimension,
+        from_value=from_value,
+        to_value=to_value,
+        rule=rule,
+        cause_event_id=cause,
+        event_time=at,
+        seq=seq,
+        scores_before=before,
+        scores_after=after,
+    )
+
+
+# -- (a) a whole customer journey ---------------------------------------------------------
+
+
+def test_journey_join_chat_two_purchases_share_emits_exactly_these_changes() -> None:
+    t_join = T0 + 9 * HOUR
+    t_chat = T0 + 10 * HOUR
+    t_buy1 = T0 + 11 * HOUR
+    t_buy2 = T0 + 10 * DAY + 11 * HOUR
+    t_share = T0 + 10 * DAY + 12 * HOUR
+    events = [
+        _ev("join", EventType.JOIN, Join("add_friend", "qr_code"), t_join),
+        _ev("chat", EventType.CHAT, Chat("inbound", "customer"), t_chat),
+        _ev("buy1", EventType.PURCHASE, Purchase("o1", 30_000), t_buy1),
+        _ev("buy2", EventType.PURCHASE, Purchase("o2", 40_000), t_buy2),
+        _ev("share", EventType.SHARE, Share("article-1"), t_share),
+    ]
+    state, changes = _run(events)
+
+    r5f1m2 = Scores(5, 1, 2)  # 1 order, 300 yuan, today
+    r5f2m3 = Scores(5, 2, 3)  # 2 orders, 700 yuan, today
+    assert changes == [
+        _change(1, "aipl_stage", "A", "I", "aipl:I", "chat", t_chat, NO_SCORES, NO_SCORES),
+        _change(
+            2,
+            "rfm_segment",
+            None,
+            "general_develop",
+            "rfm:R5F1M2/high>=3",
+            "buy1",
+            t_buy1,
+            NO_SCORES,
+            r5f1m2,
+        ),
+        _change(3, "aipl_stage", "I", "P", "aipl:P", "buy1", t_buy1, NO_SCORES, r5f1m2),
+        _change(
+            4,
+            "rfm_segment",
+            "general_develop",
+            "important_develop",
+            "rfm:R5F2M3/high>=3",
+            "buy2",
+            t_buy2,
+            r5f1m2,
+            r5f2m3,
+        ),
+        _change(5, "aipl_stage", "P", "L", "aipl:L", "buy2", t_buy2, r5f1m2, r5f2m3),
+    ]
+    assert state == PersonState(
+        version=5,
+        seq=5,
+        last_offset=-1,
+        first_seen=t_join,
+        last_seen=t_share,
+        engagements=2,
+        lifetime_orders=2,
+        lifetime_amount_minor=70_000,
+        last_purchase_day=DAY0 + 10,
+        buckets=((DAY0, 1, 30_000), (DAY0 + 10, 1, 40_000)),
+        recent_orders=(("o1", DAY0, 30_000), ("o2", DAY0 + 10, 40_000)),
+        scores=r5f2m3,
+        rfm_segment="important_develop",
+        aipl_stage="L",
+    )
+
+
+def test_join_and_leave_only_move_the_clock() -> None:
+    state, changes = _run(
+        [
+            _ev("j", EventType.JOIN, Join("follow"), T0),
+            _ev("l", EventType.LEAVE, Leave("unfollow"), T0 + HOUR),
+        ]
+    )
+    assert changes == []
+    assert state == PersonState(version=2, first_seen=T0, last_seen=T0 + HOUR)
+
+
+def test_recency_decay_alone_changes_the_segment_on_the_next_event() -> None:
+    """R5F1M2 (general_develop) becomes R2F1M2 (general_retain) 100 days later."""
+    state, changes = _run(
+        [
+            _ev("buy", EventType.PURCHASE, Purchase("o1", 30_000), T0),
+            _ev("later", EventType.LEAVE, Leave("unfollow"), T0 + 100 * DAY),
+        ]
+    )
+    assert changes[-1] == _change(
+        3,
+        "rfm_segment",
+        "general_develop",
+        "general_retain",
+        "rfm:R2F1M2/high>=3",
+        "later",
+        T0 + 100 * DAY,
+        Scores(5, 1, 2),
+        Scores(2, 1, 2),
+    )
+    assert state.aipl_stage == "P"
+
+
+# -- (b) who spoke ------------------------------------------------------------------------
+
+
+def test_an_outbound_chat_does_not_create_interest() -> None:
+    state, changes = _run(
+        [
+            _ev("staff", EventType.CHAT, Chat("outbound", "staff"), T0),
+            _ev("bot", EventType.CHAT, Chat("outbound", "bot"), T0 + HOUR),
+        ]
+    )
+    assert changes == []
+    assert (state.engagements, state.aipl_stage) == (0, "A")
+
+
+def test_an_inbound_chat_after_outbound_ones_creates_interest() -> None:
+    state, changes = _run(
+        [
+            _ev("staff", EventType.CHAT, Chat("outbound", "staff"), T0),
+            _ev("reply", EventType.CHAT, Chat("inbound", "customer"), T0 + HOUR),
+        ]
+    )
+    assert [(c.cause_event_id, c.from_value, c.to_value) for c in changes] == [("reply", "A", "I")]
+    assert state.engagements == 1
+
+
+# -- (c) refunds --------------------------------------------------------------------------
+
+
+def _two_orders() -> PersonState:
+    """o1 300 yuan on DAY0, o2 400 yuan on DAY0+10: R5 F2 M3, important_develop, L."""
+    state, _ = _run(
+        [
+            _ev("buy1", EventType.PURCHASE, Purchase("o1", 30_000), T0 + HOUR),
+            _ev("buy2", EventType.PURCHASE, Purchase("o2", 40_000), T0 + 10 * DAY),
+        ]
+    )
+    assert (state.scores, state.rfm_segment, state.aipl_stage) == (
+        Scores(5, 2, 3),
+        "important_develop",
+        "L",
+    )
+    return state
+
+
+def test_a_whole_refund_takes_the_order_out_of_f_and_m() -> None:
+    at = T0 + 10 * DAY + HOUR
+    state, changes = _run(
+        [_ev("ref", EventType.REFUND, Refund("o2", 40_000), at)], state=_two_orders()
+    )
+    assert state.scores == Scores(5, 1, 2)
+    assert (state.lifetime_orders, state.lifetime_amount_minor) == (1, 30_000)
+    assert state.recent_orders == (("o1", DAY0, 30_000),)
+    # _two_orders emitted seq 1..4; this refund continues at 5.
+    assert changes == [
+        _change(
+            5,
+            "rfm_segment",
+            "important_develop",
+            "general_develop",
+            "rfm:R5F1M2/high>=3",
+            "ref",
+            at,
+            Scores(5, 2, 3),
+            Scores(5, 1, 2),
+        ),
+        _change(6, "aipl_stage", "L", "P", "aipl:P", "ref", at, Scores(5, 2, 3), Scores(5, 1, 2)),
+    ]
+
+
+def test_a_refund_above_the_order_amount_counts_as_whole() -> None:
+    state, _ = _run(
+        [_ev("ref", EventType.REFUND, Refund("o2", 99_000), T0 + 11 * DAY)], state=_two_orders()
+    )
+    assert (state.lifetime_orders, state.lifetime_amount_minor) == (1, 30_000)
+    assert (state.scores.f, state.scores.m) == (1, 2)
+
+
+def test_a_partial_refund_only_reduces_m() -> None:
+    at = T0 + 10 * DAY + HOUR
+    state, changes = _run(
+        [_ev("ref", EventType.REFUND, Refund("o2", 25_000), at)], state=_two_orders()
+    )
+    assert state.scores == Scores(5, 2, 2)  # 2 orders, 450 yuan
+    assert (state.lifetime_orders, state.lifetime_amount_minor) == (2, 45_000)
+    assert state.recent_orders == (("o1", DAY0, 30_000), ("o2", DAY0 + 10, 15_000))
+    assert state.buckets == ((DAY0, 1, 30_000), (DAY0 + 10, 1, 15_000))
+    assert changes == [
+        _change(
+            5,
+            "rfm_segment",
+            "important_develop",
+            "general_develop",
+            "rfm:R5F2M2/high>=3",
+            "ref",
+            at,
+            Scores(5, 2, 3),
+            Scores(5, 2, 2),
+        ),
+    ]
+    assert state.aipl_stage == "L"
+
+
+def test_two_partial_refunds_adding_up_to_the_order_take_the_order() -> None:
+    state, _ = _run(
+        [
+            _ev("ref1", EventType.REFUND, Refund("o2", 25_000), T0 + 11 * DAY),
+            _ev("ref2", EventType.REFUND, Refund("o2", 15_000), T0 + 12 * DAY),
+        ],
+        state=_two_orders(),
+    )
+    assert (state.lifetime_orders, state.lifetime_amount_minor) == (1, 30_000)
+    assert (state.scores.f, state.scores.m) == (1, 2)
+    assert state.recent_orders == (("o1", DAY0, 30_000),)
+
+
+def test_a_refund_of_an_unknown_order_changes_nothing() -> None:
+    before = _two_orders()
+    state, changes = _run(
+        [_ev("ref", EventType.REFUND, Refund("o-unknown", 40_000), before.last_seen)],
+        state=before,
+    )
+    assert changes == []
+    assert state == replace(before, version=before.version + 1)
+
+
+def test_a_second_whole_refund_of_the_same_order_changes_nothing() -> None:
+    once, _ = _run(
+        [_ev("ref", EventType.REFUND, Refund("o2", 40_000), T0 + 10 * DAY)], state=_two_orders()
+    )
+    twice, changes = _run(
+        [_ev("ref-again", EventType.REFUND, Refund("o2", 40_000), T0 + 10 * DAY)], state=once
+    )
+    assert changes == []
+    assert twice == replace(once, version=once.version + 1)
+
+
+# -- (d) the person's clock ---------------------------------------------------------------
+
+
+def test_the_clock_never_goes_back_and_late_events_are_scored_at_the_newer_time() -> None:
+    t_share = T0 + 40 * DAY
+    state, _ = _run(
+        [
+            _ev("buy1", EventType.PURCHASE, Purchase("o1", 30_000), T0),
+            _ev("share", EventType.SHARE, Share("c1"), t_share),
+        ]
+    )
+    assert state.scores == Scores(3, 1, 2)  # 40 days since the purchase
+
+    # A late chat from day 1: at its own time R would be 5; at the person's time it stays 3.
+    state, _ = _run(
+        [_ev("late-chat", EventType.CHAT, Chat("inbound", "customer"), T0 + DAY)], state=state
+    )
+    assert state.last_seen == t_share
+    assert state.scores == Scores(3, 1, 2)
+
+    # A late purchase from day 20: the last purchase is now 20 days before day 40, so R4.
+    state, changes = _run(
+        [_ev("late-buy", EventType.PURCHASE, Purchase("o2", 10_000), T0 + 20 * DAY)], state=state
+    )
+    assert state.last_seen == t_share
+    assert state.last_purchase_day == DAY0 + 20
+    assert state.scores == Scores(4, 2, 2)
+    assert [(c.dimension, c.to_value, c.event_time) for c in changes] == [
+        ("aipl_stage", "L", T0 + 20 * DAY)
+    ]
+
+
+def test_a_late_purchase_older_than_the_last_one_keeps_the_last_purchase_day() -> None:
+    state, _ = _run(
+        [
+            _ev("buy-30", EventType.PURCHASE, Purchase("o1", 30_000), T0 + 30 * DAY),
+            _ev("buy-10", EventType.PURCHASE, Purchase("o2", 30_000), T0 + 10 * DAY),
+        ]
+    )
+    assert state.last_purchase_day == DAY0 + 30
+    assert state.buckets == ((DAY0 + 10, 1, 30_000), (DAY0 + 30, 1, 30_000))
+    assert state.scores == Scores(5, 2, 3)
+
+
+def test_buckets_that_leave_the_window_are_dropped_from_the_state() -> None:
+    """Memory is bounded by the window: a 30-day policy keeps days 71..100 on day 100."""
+    state, _ = _run(
+        [
+            _ev("buy-0", EventType.PURCHASE, Purchase("o1", 10_000), T0),
+            _ev("buy-70", EventType.PURCHASE, Purchase("o2", 20_000), T0 + 70 * DAY),
+            _ev("buy-71", EventType.PURCHASE, Purchase("o3", 30_000), T0 + 71 * DAY),
+            _ev("leave", EventType.LEAVE, Leave("unfollow"), T0 + 100 * DAY),
+        ],
+        WINDOW_POLICY,
+    )
+    assert state.buckets == ((DAY0 + 71, 1, 30_000),)
+    assert state.scores == Scores(4, 1, 2)  # 29 days since day 71, 1 order, 300 yuan
+    assert (state.lifetime_orders, state.lifetime_amount_minor) == (3, 60_000)
+
+
+def test_first_seen_is_the_earliest_event_time() -> None:
+    state, _ = _run(
+        [
+            _ev("a", EventType.JOIN, Join("follow"), T0 + 5 * DAY),
+            _ev("b", EventType.CHAT, Chat("inbound", "customer"), T0 + 2 * DAY),
+        ]
+    )
+    assert (state.first_seen, state.last_seen) == (T0 + 2 * DAY, T0 + 5 * DAY)
+
+
+# -- (e) version and offsets --------------------------------------------------------------
+
+
+def test_version_counts_events_and_last_offset_keeps_the_highest() -> None:
+    s: PersonState | None = None
+    seen: list[tuple[int, int]] = []
+    for i, offset in enumerate([10, 7, 12, -1]):
+        e = _ev(f"e{i}", EventType.LEAVE, Leave("unfollow"), T0 + i * HOUR)
+        s, _ = apply(s, e, PERSON, CLASSIC, offset=offset)
+        seen.append((s.version, s.last_offset))
+    assert seen == [(1, 10), (2, 10), (3, 12), (4, 12)]
+
+
+def test_without_offsets_last_offset_stays_minus_one() -> None:
+    state, _ = _run([_ev("e", EventType.JOIN, Join("follow"), T0)])
+    assert state.last_offset == -1
+
+
+# -- (f) properties of any history --------------------------------------------------------
+
+_step = hs.tuples(
+    hs.sampled_from(["purchase", "chat_in", "chat_out", "share", "refund", "join"]),
+    hs.integers(0, 20 * DAY),  # gap since the previous event: orders fall out of 30 days
+    hs.integers(0, 150_000),  # amount
+    hs.integers(-1, 12),  # which earlier order a refund names (-1: an unknown one)
+)
+
+
+def _history(steps: list[tuple[str, int, int, int]]) -> list[Touchpoint]:
+    """Events in time order built from generated steps; refunds name earlier orders."""
+    events: list[Touchpoint] = []
+    orders: list[str] = []
+    at = T0
+    for i, (kind, gap, amount, target) in enumerate(steps):
+        at += gap
+        eid = f"e{i}"
+        if kind == "purchase":
+            orders.append(f"o{i}")
+            events.append(_ev(eid, EventType.PURCHASE, Purchase(f"o{i}", amount), at))
+        elif kind == "refund":
+            order = orders[target % len(orders)] if orders and target >= 0 else "o-unknown"
+            events.append(_ev(eid, EventType.REFUND, Refund(order, amount), at))
+        elif kind == "chat_in":
+            events.append(_ev(eid, EventType.CHAT, Chat("inbound", "customer"), at))
+        elif kind == "chat_out":
+            events.append(_ev(eid, EventType.CHAT, Chat("outbound", "staff"), at))
+        elif kind == "share":
+            events.append(_ev(eid, EventType.SHARE, Share("c"), at))
+        else:
+            events.append(_ev(eid, EventType.JOIN, Join("follow"), at))
+    return events
+
+
+histories = hs.lists(_step, min_size=1, max_size=40).map(_history)
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, hs.sampled_from([CLASSIC, WINDOW_POLICY]))
+def test_seq_is_gapless_and_replay_is_deterministic(
+    events: list[Touchpoint], policy: Policy
+) -> None:
+    final, changes = _run(events, policy)
+    assert [c.seq for c in changes] == list(range(1, len(changes) + 1))
+    assert final.seq == len(changes)
+    assert final.version == len(events)
+
+    again, changes_again = _run(events, policy)
+    assert again == final
+    assert changes_again == changes
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, hs.sampled_from([CLASSIC, WINDOW_POLICY]))
+def test_changes_chain_from_the_initial_values_to_the_final_state(
+    events: list[Touchpoint], policy: Policy
+) -> None:
+    """Each change starts where the previous one in its dimension ended; the last one
+    ends at the final state's value."""
+    final, changes = _run(events, policy)
+    current: dict[str, str | None] = {"rfm_segment": None, "aipl_stage": "A"}
+    for c in changes:
+        assert c.from_value == current[c.dimension]
+        assert c.to_value != c.from_value
+        current[c.dimension] = c.to_value
+    assert current == {"rfm_segment": final.rfm_segment, "aipl_stage": final.aipl_stage}
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, hs.sampled_from([CLASSIC, WINDOW_POLICY]))
+def test_final_segment_and_stage_agree_with_the_public_functions(
+    events: list[Touchpoint], policy: Policy
+) -> None:
+    final, _ = _run(events, policy)
+    today = rfm.day_of(final.last_seen)
+    if final.last_purchase_day < 0:
+        assert final.rfm_segment is None
+        assert final.scores == NO_SCORES
+        window_orders = 0
+    else:
+        scores = rfm.score(final.buckets, final.last_purchase_day, today, policy.rfm)
+        assert final.rfm_segment == rfm.segment(scores, policy.rfm).value
+        assert final.scores == Scores(scores.r, scores.f, scores.m)
+        window_orders = scores.orders
+    assert final.aipl_stage == stages.aipl_stage(
+        final.engagements, final.lifetime_orders, window_orders, policy.aipl
+    )
+    assert final.last_seen == max(e.occurred_at for e in events)
+    assert final.first_seen == min(e.occurred_at for e in events)
