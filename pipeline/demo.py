@@ -50,7 +50,6 @@ class DemoOptions:
 @dataclass
 class _Progress:
     produced: int = 0
-    changes_seen: int = 0
     ends: dict[TopicPartition, int] = field(default_factory=dict)
 
 
@@ -127,7 +126,6 @@ async def _print_changes(
             fetched = await consumer.getmany(timeout_ms=200)
             for msgs in fetched.values():
                 for msg in msgs:
-                    progress.changes_seen += 1
                     if shown < PRINT_PER_SECOND:
                         print(_describe(codecs.decode_change(msg.value)), flush=True)
                         shown += 1

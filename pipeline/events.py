@@ -77,16 +77,6 @@ class Identify:
 
 Payload = Join | Leave | Purchase | Refund | Chat | Share | Identify
 
-PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
-    EventType.JOIN: Join,
-    EventType.LEAVE: Leave,
-    EventType.PURCHASE: Purchase,
-    EventType.REFUND: Refund,
-    EventType.CHAT: Chat,
-    EventType.SHARE: Share,
-    EventType.IDENTIFY: Identify,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Touchpoint:

@@ -40,7 +40,6 @@ class _Batch:
     # (topic, partition) -> (first offset, last offset) consumed into this batch
     spans: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     started: float = 0.0
-    size: int = 0
 
     def note(self, tp: TopicPartition, first: int, last: int) -> None:
         if not self.spans:
@@ -56,21 +55,12 @@ class _Batch:
         return f"{table}:" + hashlib.sha256(span.encode()).hexdigest()[:32]
 
 
-@dataclass
-class SinkStats:
-    rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    batches: int = 0
-    failures: int = 0
-    skipped_events: int = 0
-
-
 class ClickHouseSink:
     def __init__(self, settings: Settings, bootstrap: str, codecs: Codecs | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.codecs = codecs or Codecs()
         self.limits = settings.limits()
-        self.stats = SinkStats()
         # chDB is one engine per process and not async: every call goes through one thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
@@ -95,8 +85,7 @@ class ClickHouseSink:
         try:
             e = accept(msg.value, int(time.time() * 1000), self.codecs, self.limits)
         except Rejected:
-            self.stats.skipped_events += 1  # the worker dead-letters it; nothing to store
-            return
+            return  # the worker dead-letters it; nothing to store
         batch.rows[EVENTS].append(
             rows.event_row(e, person_id_for(e.user), msg.partition, msg.offset)
         )
@@ -150,7 +139,6 @@ class ClickHouseSink:
                 await self._insert_with_retry(table, table_rows, batch.token(table))
         # Commit exactly what this batch consumed, after it is stored.
         await consumer.commit({tp: last + 1 for tp, (_, last) in batch.spans.items()})
-        self.stats.batches += 1
 
     async def _insert_with_retry(self, table: str, table_rows: list[list[Any]], token: str) -> None:
         delay = 0.2
@@ -163,10 +151,8 @@ class ClickHouseSink:
                     column_names=COLUMNS[table],
                     settings={"insert_deduplication_token": token},
                 )
-                self.stats.rows[table] += len(table_rows)
                 return
             except Exception as exc:  # any store error: keep the batch, back off, try again
-                self.stats.failures += 1
                 log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

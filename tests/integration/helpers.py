@@ -24,17 +24,6 @@ from pipeline.settings import Settings
 PII_KEY = "integration-tests-key-0123456789abcdef"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
 async def async_wait_until(
     predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2
 ) -> Any:
