@@ -7,6 +7,7 @@ read the message, look up and store the state, and send what the core returns.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import faust
 from faust.serializers.codecs import Codec
 
+from pipeline import metrics
 from pipeline import state as core
 from pipeline.codec import Codecs
+from pipeline.engine import Outcome, PartitionEngine
 from pipeline.errors import Rejected
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
@@ -64,6 +67,46 @@ def dead_letter_headers(message: Any, rejected: Rejected) -> list[tuple[str, byt
     ]
 
 
+class PartitionClocks:
+    """One `PartitionEngine` (event-time clock + due-time index) per events partition.
+
+    An engine is built when its partition's first event arrives, indexing the states
+    that belong to the partition: those recovered from the changelog (Faust's memory
+    store records their partition) and those this worker wrote. Revoked partitions are
+    forgotten; if they come back, their engine is rebuilt from the recovered table.
+    """
+
+    def __init__(self, policy: core.Policy, table: Any, allowed_lateness_ms: int) -> None:
+        self._policy = policy
+        self._table = table
+        self._lateness = allowed_lateness_ms
+        self._engines: dict[int, PartitionEngine] = {}
+        self._partition_of: dict[bytes, int] = {}  # keys written here, by partition
+
+    def engine(self, partition: int) -> PartitionEngine:
+        engine = self._engines.get(partition)
+        if engine is None:
+            engine = PartitionEngine(self._policy, self._table, self._lateness)
+            recovered = getattr(self._table.data, "_key_partition", {})  # memory store
+            owners = {**recovered, **self._partition_of}
+            engine.index(
+                (key, state) for key, state in self._table.items() if owners.get(key) == partition
+            )
+            self._engines[partition] = engine
+        return engine
+
+    def written(self, partition: int, outcome: Outcome) -> None:
+        for key in outcome.written:
+            self._partition_of[key] = partition
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self._engines.pop(p, None)
+
+    def backlog(self) -> int:
+        return sum(e.backlog for e in self._engines.values())
+
+
 @dataclass
 class Segmentation:
     """Topics and table of the segmentation agent, declared on one app."""
@@ -89,6 +132,11 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     )
     policy = settings.policy()
     limits = settings.limits()
+    clocks = PartitionClocks(policy, seg.table, settings.allowed_lateness_ms)
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        clocks.forget(tp.partition for tp in revoked if tp.topic == settings.events_topic)
 
     async def segmentation(stream: faust.StreamT) -> None:
         async for event in stream.events():
@@ -99,18 +147,23 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 await seg.dlq.send(
                     key=m.key, value=m.value, headers=dead_letter_headers(m, rejected)
                 )
+                metrics.rejected(rejected.reason)
                 continue
+            metrics.event_consumed(tp)
             person_id = person_id_for(tp.user)
-            key = core.state_key(tp.brand, person_id).encode()
-            old = seg.table.get(key)
-            if old is not None and m.offset <= old.last_offset:
-                continue  # redelivered after a restart: its effects are already in the state
-            new, changes = core.apply(old, tp, person_id, policy, m.offset)
-            seg.table[key] = new
-            for change in changes:
+            engine = clocks.engine(m.partition)
+            out = engine.on_event(tp, person_id, m.offset)
+            clocks.written(m.partition, out)
+            if out.duplicate:
+                metrics.duplicate_dropped()
+            for change in out.changes:
                 await seg.changes.send(
                     key=change.person_id.encode(), value=codecs.encode_change(change)
                 )
+                metrics.segment_change(change, m.timestamp)
+            metrics.event_processed(m.time_in)
+            metrics.people_in_state(len(seg.table))
+            metrics.due_index_backlog(clocks.backlog())
 
     app.agent(seg.events, name="segmentation")(segmentation)
     return seg

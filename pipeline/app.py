@@ -6,9 +6,11 @@ from typing import Any
 
 import faust
 
-from agents import segmentation
+from agents import lag, segmentation, web
 from agents.broker_compat import TrueEndConsumer
 from pipeline.codec import Codecs
+from pipeline.kafka_security import faust_credentials
+from pipeline.schema_registry import registry_for
 from pipeline.settings import Settings
 
 
@@ -43,6 +45,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         settings.app_id,
         tansu_compat=settings.tansu_compat,
         broker=faust_broker_url(bootstrap),
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(worker_dir),
         topic_partitions=settings.partitions,
@@ -54,5 +57,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         web_in_thread=False,
         broker_commit_interval=1.0,
     )
-    segmentation.register(app, settings, Codecs())
+    seg = segmentation.register(app, settings, Codecs(registry_for(settings.schema_registry_url)))
+    web.register(app, settings)
+    lag.register(app, settings, seg.table)
     return app

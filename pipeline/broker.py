@@ -15,6 +15,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from pipeline.kafka_security import client_options
 from pipeline.settings import Settings
 
 
@@ -103,7 +104,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 async def ensure_topics(bootstrap: str, settings: Settings) -> list[str]:
     """Create missing topics; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

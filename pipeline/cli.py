@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -131,6 +132,28 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pipeline import publish_cli
+
+    return publish_cli.main(_settings(), args.file, args.format, args.csv_map, args.rejects)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from pipeline import dlq_cli
+
+    settings = _settings()
+    try:
+        if args.replay:
+            print(json.dumps(asyncio.run(dlq_cli.replay(settings, args.reason)), sort_keys=True))
+        else:
+            columns, rows = asyncio.run(dlq_cli.listing(settings, args.limit, args.reason))
+            _print_rows(columns, rows, args.format)
+    except dlq_cli.ERRORS as exc:
+        print(f"touchflow dlq: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="touchflow", description="Real-time customer segments for private-domain traffic."
@@ -166,6 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "tsv", "json"), default="table")
     p.set_defaults(func=cmd_sql)
+    p = sub.add_parser("publish", help="publish a file of canonical events (docs/events.md)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--csv-map", type=Path, help="YAML: canonical field path -> CSV column")
+    p.add_argument("--rejects", type=Path, help="rejected lines (default FILE.rejects.jsonl)")
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("dlq", help="list dead-lettered records, or --replay them")
+    p.add_argument("--limit", type=int, default=50, help="newest N records (default 50)")
+    p.add_argument("--reason", help="only this reason code (e.g. bad_amount)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--replay", action="store_true", help="re-publish to the source topics")
+    p.set_defaults(func=cmd_dlq)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -31,7 +31,7 @@ from pipeline.events import (
     Touchpoint,
     UserRef,
 )
-from pipeline.state import OrderRef, PersonState, Scores, SegmentChange
+from pipeline.state import Aggregates, Derived, OrderRef, PersonState, Scores, SegmentChange
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -232,6 +232,10 @@ def touchpoint_to_record(e: Touchpoint) -> dict[str, Any]:
 # -- segment changes and state -----------------------------------------------------------
 
 
+def _scores(s: Scores) -> dict[str, int]:
+    return {"r": s.r, "f": s.f, "m": s.m}
+
+
 def change_to_record(c: SegmentChange) -> dict[str, Any]:
     return {
         "brand": c.brand,
@@ -243,8 +247,9 @@ def change_to_record(c: SegmentChange) -> dict[str, Any]:
         "cause_event_id": c.cause_event_id,
         "event_time": c.event_time,
         "seq": c.seq,
-        "scores_before": {"r": c.scores_before.r, "f": c.scores_before.f, "m": c.scores_before.m},
-        "scores_after": {"r": c.scores_after.r, "f": c.scores_after.f, "m": c.scores_after.m},
+        "scores_before": _scores(c.scores_before),
+        "scores_after": _scores(c.scores_after),
+        "policy_version": c.policy_version,
     }
 
 
@@ -262,51 +267,94 @@ def change_from_record(r: dict[str, Any]) -> SegmentChange:
         seq=r["seq"],
         scores_before=Scores(b["r"], b["f"], b["m"]),
         scores_after=Scores(a["r"], a["f"], a["m"]),
+        policy_version=r["policy_version"],
     )
 
 
 def state_to_record(s: PersonState) -> dict[str, Any]:
+    """Flat Avro record of a state (the nested dataclasses are a code-side grouping)."""
+    a, d = s.agg, s.derived
     return {
         "version": s.version,
         "seq": s.seq,
         "last_offset": s.last_offset,
-        "first_seen": s.first_seen,
-        "last_seen": s.last_seen,
-        "engagements": s.engagements,
-        "lifetime_orders": s.lifetime_orders,
-        "lifetime_amount_minor": s.lifetime_amount_minor,
-        "last_purchase_day": s.last_purchase_day,
-        "buckets": [{"day": d, "orders": o, "amount_minor": a} for d, o, a in s.buckets],
+        "as_of": s.as_of,
+        "recent_event_ids": list(s.recent_event_ids),
+        "first_seen": a.first_seen,
+        "last_seen": a.last_seen,
+        "engagements": a.engagements,
+        "shares": a.shares,
+        "invitations": a.invitations,
+        "lifetime_orders": a.lifetime_orders,
+        "lifetime_amount_minor": a.lifetime_amount_minor,
+        "first_purchase_day": a.first_purchase_day,
+        "last_purchase_day": a.last_purchase_day,
+        "previous_purchase_day": a.previous_purchase_day,
+        "buckets": [{"day": d_, "orders": o, "amount_minor": m} for d_, o, m in a.buckets],
         "recent_orders": [
-            {"order_id": i, "day": d, "amount_minor": a} for i, d, a in s.recent_orders
+            {"order_id": i, "day": d_, "amount_minor": m} for i, d_, m in a.recent_orders
         ],
-        "r": s.scores.r,
-        "f": s.scores.f,
-        "m": s.scores.m,
-        "rfm_segment": s.rfm_segment,
-        "aipl_stage": s.aipl_stage,
+        "pending_refunds": [{"order_id": i, "amount_minor": m} for i, m in a.pending_refunds],
+        "last_join": a.last_join,
+        "last_leave": a.last_leave,
+        "acquired_at": a.acquired_at,
+        "acquisition_channel": a.acquisition_channel,
+        "acquisition_source": a.acquisition_source,
+        "r": d.scores.r,
+        "f": d.scores.f,
+        "m": d.scores.m,
+        "rfm_segment": d.rfm_segment,
+        "aipl_stage": d.aipl_stage,
+        "lifecycle": d.lifecycle,
+        "tags": list(d.tags),
+        "layers": [{"layer": layer, "level": level} for layer, level in d.layers],
     }
 
 
 def state_from_record(r: dict[str, Any]) -> PersonState:
+    buckets = tuple((b["day"], b["orders"], b["amount_minor"]) for b in r["buckets"])
     orders: tuple[OrderRef, ...] = tuple(
         (o["order_id"], o["day"], o["amount_minor"]) for o in r["recent_orders"]
+    )
+    first_purchase_day = r["first_purchase_day"]
+    if first_purchase_day < 0 <= r["last_purchase_day"]:  # written by v1: best known bound
+        first_purchase_day = min([r["last_purchase_day"], *(b[0] for b in buckets)])
+    agg = Aggregates(
+        first_seen=r["first_seen"],
+        last_seen=r["last_seen"],
+        engagements=r["engagements"],
+        shares=r["shares"],
+        invitations=r["invitations"],
+        lifetime_orders=r["lifetime_orders"],
+        lifetime_amount_minor=r["lifetime_amount_minor"],
+        first_purchase_day=first_purchase_day,
+        last_purchase_day=r["last_purchase_day"],
+        previous_purchase_day=r["previous_purchase_day"],
+        buckets=buckets,
+        recent_orders=orders,
+        pending_refunds=tuple((p["order_id"], p["amount_minor"]) for p in r["pending_refunds"]),
+        last_join=r["last_join"],
+        last_leave=r["last_leave"],
+        acquired_at=r["acquired_at"],
+        acquisition_channel=r["acquisition_channel"],
+        acquisition_source=r["acquisition_source"],
+    )
+    derived = Derived(
+        scores=Scores(r["r"], r["f"], r["m"]),
+        rfm_segment=r["rfm_segment"],
+        aipl_stage=r["aipl_stage"],
+        lifecycle=r["lifecycle"],
+        tags=tuple(r["tags"]),
+        layers=tuple((x["layer"], x["level"]) for x in r["layers"]),
     )
     return PersonState(
         version=r["version"],
         seq=r["seq"],
         last_offset=r["last_offset"],
-        first_seen=r["first_seen"],
-        last_seen=r["last_seen"],
-        engagements=r["engagements"],
-        lifetime_orders=r["lifetime_orders"],
-        lifetime_amount_minor=r["lifetime_amount_minor"],
-        last_purchase_day=r["last_purchase_day"],
-        buckets=tuple((b["day"], b["orders"], b["amount_minor"]) for b in r["buckets"]),
-        recent_orders=orders,
-        scores=Scores(r["r"], r["f"], r["m"]),
-        rfm_segment=r["rfm_segment"],
-        aipl_stage=r["aipl_stage"],
+        as_of=r["as_of"] or r["last_seen"],
+        recent_event_ids=tuple(r["recent_event_ids"]),
+        agg=agg,
+        derived=derived,
     )
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -18,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from pipeline import rfm, stages, validation
+from pipeline import lifecycle, rfm, rules, stages, validation
 from pipeline.state import Policy
 
 EMBEDDED = "embedded"
@@ -37,6 +38,19 @@ class AiplSettings(BaseModel):
     loyalty_min_orders: int = 2
 
 
+class LifecycleSettings(BaseModel):
+    """See pipeline.lifecycle.LifecyclePolicy for what each threshold means."""
+
+    new_days: int = 30
+    at_risk_days: int = 60
+    rhythm_min_orders: int = 3
+    rhythm_factor: float = 2.0
+    rhythm_floor_days: int = 14
+    dormant_days: int = 120
+    churned_days: int = 240
+    won_back_days: int = 30
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TOUCHFLOW_", env_nested_delimiter="__", extra="forbid"
@@ -53,6 +67,19 @@ class Settings(BaseSettings):
     dlq_topic: str = "touchflow.dlq"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # Kafka security, for every client (workers, sink, `touchflow topics`); see
+    # pipeline.kafka_security. SASL over an SSL protocol only: SASL_PLAINTEXT sends PLAIN
+    # passwords in the clear and leaves even SCRAM's session unencrypted.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None  # CA bundle for the brokers' certificates; None = system CAs
+    ssl_certfile: Path | None = None  # client certificate (mutual TLS), with ssl_keyfile
+    ssl_keyfile: Path | None = None
+    # Confluent-compatible schema registry, e.g. "http://registry:8081"; empty = the
+    # embedded registry in schemas/registry.json (see pipeline.schema_registry).
+    schema_registry_url: str = ""
 
     # ClickHouse: "chdb:///abs/path" (embedded) or "http(s)://user:pass@host:8123".
     clickhouse_dsn: str = ""  # empty = chdb under data_dir
@@ -60,6 +87,10 @@ class Settings(BaseSettings):
     sink_group: str = "touchflow-sink"
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_flush_seconds: float = Field(default=1.0, gt=0)
+    # The sink's /metrics HTTP port (workers serve theirs on web_port); 0 = no server.
+    sink_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # How often a worker refreshes its consumer-lag and state-size gauges.
+    metrics_interval_seconds: float = Field(default=10.0, gt=0)
 
     data_dir: Path = Path("var")
     web_port: int = 6066
@@ -68,13 +99,38 @@ class Settings(BaseSettings):
     pii_key: SecretStr | None = None
 
     rfm: RfmSettings = RfmSettings()
+    # Per-brand RFM thresholds (brand slug -> thresholds); brands not listed use `rfm`.
+    brand_rfm: dict[str, RfmSettings] = {}
     aipl: AiplSettings = AiplSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    # Tag and layer rules (see pipeline.rules); None = the built-in rules. `rules_file`
+    # names a YAML file holding the same structure and wins over `rules`.
+    rules: dict[str, Any] | None = None
+    rules_file: Path | None = None
+    # Named in every segment change, so a rebuild with new rules can be told apart.
+    policy_version: str = "v1"
+    dedup_window: int = Field(default=16, ge=1)  # recent event ids kept per person
+    # How late an event may arrive (event time behind the partition's newest) and still
+    # be ordered before due times; later ones are applied, scored at the newer clock, and
+    # counted as late.
+    allowed_lateness_seconds: float = Field(default=300.0, ge=0)
     brands: list[str] = []  # empty: accept any brand slug
     max_message_bytes: int = 64 * 1024
 
     @model_validator(mode="after")
     def _check_policies(self) -> Settings:
         self.policy()  # the domain objects validate their own invariants; fail at start-up
+        return self
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        protocol = self.security_protocol
+        if protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {protocol} needs sasl_username and sasl_password")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
+        if not protocol.endswith("SSL") and (self.ssl_cafile or self.ssl_certfile):
+            raise ValueError(f"ssl_* files are set but security_protocol is {protocol}")
         return self
 
     @classmethod
@@ -119,10 +175,24 @@ class Settings(BaseSettings):
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     def policy(self) -> Policy:
+        rules_spec = self.rules
+        if self.rules_file is not None:
+            if not self.rules_file.is_file():
+                raise ValueError(f"rules_file {self.rules_file} is not a file")
+            rules_spec = yaml.safe_load(self.rules_file.read_text()) or {}
         return Policy(
             rfm=rfm.RfmPolicy(**self.rfm.model_dump()),
+            brand_rfm={b: rfm.RfmPolicy(**r.model_dump()) for b, r in self.brand_rfm.items()},
             aipl=stages.AiplPolicy(**self.aipl.model_dump()),
+            lifecycle=lifecycle.LifecyclePolicy(**self.lifecycle.model_dump()),
+            rules=rules.compile_rules(rules_spec, version=self.policy_version),
+            dedup_window=self.dedup_window,
+            version=self.policy_version,
         )
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return int(self.allowed_lateness_seconds * 1000)
 
     def limits(self) -> validation.Limits:
         return validation.Limits(

@@ -1,29 +1,65 @@
-"""Per-person state and its transition: `apply(state, event) -> (state, changes)`. Pure.
+"""Per-person state and its transitions. Pure: no I/O, no wall clock.
 
-A state belongs to one (brand, person). Every change of a derived dimension (RFM segment,
-AIPL stage) becomes one `SegmentChange` with the next per-person sequence number, so
-consumers can see gaps and drop repeats by (brand, person_id, seq).
+    state, changes = apply(state, event, person_id, policy)   # an event happened
+    state, changes = advance(state, brand, person_id, now, policy)  # time passed
+    due = next_due(state, brand, policy)                      # when time next matters
+
+A state belongs to one (brand, person) and has three parts:
+- `Aggregates`: what the person did, kept as order-independent sums, mins and maxes
+  (so events arriving out of order give the same aggregates);
+- `Derived`: RFM scores and segment, AIPL stage, lifecycle, tags and layers — a pure
+  function of the aggregates, the brand's rules and the clock (`derive`);
+- bookkeeping: `as_of` (the person's clock), `version`, `seq`, `last_offset`, and the
+  recent event ids used to drop duplicates.
+
+Every change of a derived value becomes one `SegmentChange` with the next per-person
+sequence number. Changes caused by time carry `cause_event_id == "time"` and the due time
+as `event_time`. Time only matters on whole days (scores, windows and lifecycle count
+days), so `next_due` is the start of the next day on which something may change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from pipeline import rfm, stages
-from pipeline.events import Chat, EventType, Purchase, Refund, Share, Touchpoint
+from pipeline import lifecycle as lc
+from pipeline import rfm, rules, stages
+from pipeline.events import Chat, EventType, Join, Leave, Purchase, Refund, Share, Touchpoint
+from pipeline.rfm import RfmPolicy
 
 # Refunds look up the order they undo among the customer's most recent orders only,
-# which keeps state bounded; an older order's refund is counted as unmatched.
+# which keeps state bounded; an older order's refund still reduces M, not F.
 RECENT_ORDERS_KEPT = 8
+# Refunds that arrive before their order wait here (bounded) for it.
+PENDING_REFUNDS_KEPT = 4
+
+TIME_CAUSE = "time"  # cause_event_id of changes caused by the clock, not by an event
 
 OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
+PendingRefund = tuple[str, int]  # (order_id, amount_minor)
+LayerValue = tuple[str, str]  # (layer, level)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """Everything that decides segments; one per deployment, versioned for rebuilds."""
+
     rfm: rfm.RfmPolicy = field(default_factory=rfm.RfmPolicy)
     aipl: stages.AiplPolicy = field(default_factory=stages.AiplPolicy)
+    lifecycle: lc.LifecyclePolicy = field(default_factory=lc.LifecyclePolicy)
+    rules: rules.RuleBook = field(default_factory=lambda: rules.compile_rules(None))
+    brand_rfm: Mapping[str, RfmPolicy] = field(default_factory=dict)
+    dedup_window: int = 16  # recent event ids kept per person to drop repeats
+    version: str = "v1"
+
+    def __post_init__(self) -> None:
+        if self.dedup_window < 1:
+            raise ValueError(f"dedup_window must be >= 1, got {self.dedup_window}")
+
+    def rfm_for(self, brand: str) -> RfmPolicy:
+        return self.brand_rfm.get(brand, self.rfm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,104 +75,385 @@ NO_SCORES = Scores()
 
 
 @dataclass(frozen=True, slots=True)
-class PersonState:
-    version: int = 0  # events applied; orders state rows in the store
-    seq: int = 0  # sequence number of the last segment change emitted
-    last_offset: int = -1  # source offset of the last applied event (redelivery guard)
-    first_seen: int = 0  # ms
-    last_seen: int = 0  # ms, the person's event-time clock (never goes back)
-    engagements: int = 0
-    lifetime_orders: int = 0
-    lifetime_amount_minor: int = 0
+class Aggregates:
+    """What a person did with a brand, as order-independent aggregates."""
+
+    first_seen: int = 0  # ms, earliest event time
+    last_seen: int = 0  # ms, latest event time
+    engagements: int = 0  # inbound chats and shares
+    shares: int = 0
+    invitations: int = 0  # shares that named an invitee
+    lifetime_orders: int = 0  # less wholly refunded orders
+    lifetime_amount_minor: int = 0  # less refunds
+    first_purchase_day: int = -1
     last_purchase_day: int = -1
+    previous_purchase_day: int = -1  # latest purchase day before last_purchase_day
     buckets: tuple[rfm.Bucket, ...] = ()
-    recent_orders: tuple[OrderRef, ...] = ()
+    recent_orders: tuple[OrderRef, ...] = ()  # sorted by (day, order_id)
+    pending_refunds: tuple[PendingRefund, ...] = ()
+    last_join: int = -1  # ms of the latest join, -1 none
+    last_leave: int = -1  # ms of the latest leave, -1 none
+    acquired_at: int = -1  # ms of the earliest join, -1 none
+    acquisition_channel: str | None = None
+    acquisition_source: str | None = None
+
+    def purchase_history(self) -> lc.PurchaseHistory | None:
+        if self.lifetime_orders <= 0 or self.last_purchase_day < 0:
+            return None
+        return lc.PurchaseHistory(
+            self.lifetime_orders,
+            self.first_purchase_day,
+            self.last_purchase_day,
+            self.previous_purchase_day,
+        )
+
+    @property
+    def subscribed(self) -> bool | None:
+        """Following / friends / in the group now; None when no join or leave was seen."""
+        if self.last_join < 0 and self.last_leave < 0:
+            return None
+        return self.last_join > self.last_leave
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """The person's segments: a pure function of aggregates, rules and the clock."""
+
     scores: Scores = NO_SCORES
     rfm_segment: str | None = None
     aipl_stage: str = stages.AiplStage.AWARENESS.value
+    lifecycle: str | None = None
+    tags: tuple[str, ...] = ()  # sorted
+    layers: tuple[LayerValue, ...] = ()  # in the rules' layer order
+    rules_fired: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonState:
+    version: int = 0  # state writes (events and due times applied); orders rows in the store
+    seq: int = 0  # sequence number of the last segment change emitted
+    last_offset: int = -1  # source offset of the last applied event (redelivery guard)
+    as_of: int = 0  # ms, the person's clock: derived values hold as of this time
+    recent_event_ids: tuple[str, ...] = ()  # for dropping duplicate deliveries
+    agg: Aggregates = Aggregates()
+    derived: Derived = Derived()
+
+    # Shorthands used by adapters and tests.
+    @property
+    def scores(self) -> Scores:
+        return self.derived.scores
+
+    @property
+    def rfm_segment(self) -> str | None:
+        return self.derived.rfm_segment
+
+    @property
+    def aipl_stage(self) -> str:
+        return self.derived.aipl_stage
+
+    @property
+    def lifecycle(self) -> str | None:
+        return self.derived.lifecycle
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.derived.tags
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentChange:
     brand: str
     person_id: str
-    dimension: str  # "rfm_segment" | "aipl_stage"
+    dimension: str  # rfm_segment | aipl_stage | lifecycle | tag | layer:<name>
     from_value: str | None
     to_value: str | None
-    rule: str  # why: the rule that decided `to_value`
-    cause_event_id: str
-    event_time: int  # ms, event time of the cause
+    rule: str  # why: the rule that decided `to_value` (or removed `from_value`)
+    cause_event_id: str  # the event that caused it, or TIME_CAUSE
+    event_time: int  # ms: the cause's event time, or the due time
     seq: int
     scores_before: Scores
     scores_after: Scores
+    policy_version: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class _Counters:
-    engagements: int
-    lifetime_orders: int
-    lifetime_amount_minor: int
-    last_purchase_day: int
-    buckets: tuple[rfm.Bucket, ...]
-    recent_orders: tuple[OrderRef, ...]
+# -- events -> aggregates (table-driven: one function per event type) ---------------------
 
 
-def _on_purchase(c: _Counters, e: Touchpoint) -> _Counters:
+def _top_two_days(days: set[int]) -> tuple[int, int]:
+    ordered = sorted(days, reverse=True)
+    return (ordered[0] if ordered else -1, ordered[1] if len(ordered) > 1 else -1)
+
+
+def _add_order(a: Aggregates, order_id: str, day: int, amount: int) -> Aggregates:
+    last, previous = _top_two_days({a.last_purchase_day, a.previous_purchase_day, day} - {-1})
+    orders = tuple(sorted((*a.recent_orders, (order_id, day, amount)), key=lambda o: (o[1], o[0])))
+    return replace(
+        a,
+        lifetime_orders=a.lifetime_orders + 1,
+        lifetime_amount_minor=a.lifetime_amount_minor + amount,
+        first_purchase_day=day if a.first_purchase_day < 0 else min(a.first_purchase_day, day),
+        last_purchase_day=last,
+        previous_purchase_day=previous,
+        buckets=rfm.add_purchase(a.buckets, day, 1, amount),
+        recent_orders=orders[-RECENT_ORDERS_KEPT:],
+    )
+
+
+def _take_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates | None:
+    """The aggregates with a refund applied to its order, or None if the order is unknown."""
+    for i, (oid, day, paid) in enumerate(a.recent_orders):
+        if oid != order_id:
+            continue
+        refunded = min(amount, paid)
+        whole = refunded >= paid
+        remaining = () if whole else ((oid, day, paid - refunded),)
+        orders = (*a.recent_orders[:i], *remaining, *a.recent_orders[i + 1 :])
+        a = replace(
+            a,
+            lifetime_orders=a.lifetime_orders - (1 if whole else 0),
+            lifetime_amount_minor=a.lifetime_amount_minor - refunded,
+            buckets=rfm.add_purchase(a.buckets, day, -1 if whole else 0, -refunded),
+            recent_orders=orders,
+        )
+        if whole:  # the order no longer counts: purchase days come from what is left
+            days = {d for _, d, _ in orders} | {d for d, n, _ in a.buckets if n > 0}
+            if a.lifetime_orders > len(orders):  # older orders exist beyond those kept
+                days |= {a.previous_purchase_day} - {-1}
+            last, previous = _top_two_days(days)
+            a = replace(
+                a,
+                last_purchase_day=last if a.lifetime_orders > 0 else -1,
+                previous_purchase_day=previous if a.lifetime_orders > 0 else -1,
+            )
+        return a
+    return None
+
+
+def _on_purchase(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Purchase)
-    day = rfm.day_of(e.occurred_at)
-    return _Counters(
-        engagements=c.engagements,
-        lifetime_orders=c.lifetime_orders + 1,
-        lifetime_amount_minor=c.lifetime_amount_minor + p.amount_minor,
-        last_purchase_day=max(c.last_purchase_day, day),
-        buckets=rfm.add_purchase(c.buckets, day, 1, p.amount_minor),
-        recent_orders=(*c.recent_orders, (p.order_id, day, p.amount_minor))[-RECENT_ORDERS_KEPT:],
-    )
+    a = _add_order(a, p.order_id, rfm.day_of(e.occurred_at), p.amount_minor)
+    early = [amount for oid, amount in a.pending_refunds if oid == p.order_id]
+    if early:  # refunds that arrived before their order
+        waiting = tuple(r for r in a.pending_refunds if r[0] != p.order_id)
+        a = replace(a, pending_refunds=waiting)
+        for amount in early:
+            a = _take_refund(a, p.order_id, amount) or a
+    return a
 
 
-def _on_refund(c: _Counters, e: Touchpoint) -> _Counters:
-    """A refund takes its amount off the order's day; a whole refund also takes the order."""
+def _on_refund(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Refund)
-    for i, (order_id, day, amount) in enumerate(c.recent_orders):
-        if order_id == p.order_id:
-            refunded = min(p.amount_minor, amount)
-            whole = refunded >= amount
-            remaining = () if whole else ((order_id, day, amount - refunded),)
-            return _Counters(
-                engagements=c.engagements,
-                lifetime_orders=c.lifetime_orders - (1 if whole else 0),
-                lifetime_amount_minor=c.lifetime_amount_minor - refunded,
-                last_purchase_day=c.last_purchase_day,
-                buckets=rfm.add_purchase(c.buckets, day, -1 if whole else 0, -refunded),
-                recent_orders=(*c.recent_orders[:i], *remaining, *c.recent_orders[i + 1 :]),
-            )
-    return c
+    refunded = _take_refund(a, p.order_id, p.amount_minor)
+    if refunded is not None:
+        return refunded
+    waiting = (*a.pending_refunds, (p.order_id, p.amount_minor))
+    return replace(a, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
 
 
-def _on_engagement(c: _Counters, e: Touchpoint) -> _Counters:
+def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
-    if isinstance(p, Chat) and p.direction != "inbound":
-        return c  # a brand's own message says nothing of the customer's interest
-    assert isinstance(p, Chat | Share)
-    return _Counters(
-        c.engagements + 1,
-        c.lifetime_orders,
-        c.lifetime_amount_minor,
-        c.last_purchase_day,
-        c.buckets,
-        c.recent_orders,
+    assert isinstance(p, Chat)
+    if p.direction != "inbound":
+        return a  # a brand's own message says nothing of the customer's interest
+    return replace(a, engagements=a.engagements + 1)
+
+
+def _on_share(a: Aggregates, e: Touchpoint) -> Aggregates:
+    p = e.payload
+    assert isinstance(p, Share)
+    return replace(
+        a,
+        engagements=a.engagements + 1,
+        shares=a.shares + 1,
+        invitations=a.invitations + (1 if p.invitee is not None else 0),
     )
 
 
-# What each event type does to the counters; types not listed only move the clock.
-_EFFECTS: dict[EventType, Callable[[_Counters, Touchpoint], _Counters]] = {
+def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
+    p = e.payload
+    assert isinstance(p, Join)
+    a = replace(a, last_join=max(a.last_join, e.occurred_at))
+    if a.acquired_at < 0 or e.occurred_at < a.acquired_at:  # the earliest join acquired them
+        a = replace(
+            a,
+            acquired_at=e.occurred_at,
+            acquisition_channel=e.channel,
+            acquisition_source=p.source,
+        )
+    return a
+
+
+def _on_leave(a: Aggregates, e: Touchpoint) -> Aggregates:
+    assert isinstance(e.payload, Leave)
+    return replace(a, last_leave=max(a.last_leave, e.occurred_at))
+
+
+# Types not listed (identify) only move the clock.
+_EFFECTS: dict[EventType, Callable[[Aggregates, Touchpoint], Aggregates]] = {
     EventType.PURCHASE: _on_purchase,
     EventType.REFUND: _on_refund,
-    EventType.CHAT: _on_engagement,
-    EventType.SHARE: _on_engagement,
+    EventType.CHAT: _on_chat,
+    EventType.SHARE: _on_share,
+    EventType.JOIN: _on_join,
+    EventType.LEAVE: _on_leave,
 }
+
+
+# -- aggregates + clock -> derived ---------------------------------------------------------
+
+
+def facts(a: Aggregates, d: Derived, today: int, window: rfm.RfmScores | None) -> dict[str, Any]:
+    """The facts tag and layer rules are written against (see `rules.FACT_TYPES`)."""
+    return {
+        "lifetime_orders": a.lifetime_orders,
+        "lifetime_amount_minor": a.lifetime_amount_minor,
+        "window_orders": window.orders if window else 0,
+        "window_amount_minor": window.amount_minor if window else 0,
+        "r": d.scores.r,
+        "f": d.scores.f,
+        "m": d.scores.m,
+        "engagements": a.engagements,
+        "shares": a.shares,
+        "invitations": a.invitations,
+        "days_since_last_purchase": (
+            today - a.last_purchase_day if a.last_purchase_day >= 0 else None
+        ),
+        "days_since_first_seen": today - rfm.day_of(a.first_seen),
+        "subscribed": a.subscribed,
+        "rfm_segment": d.rfm_segment,
+        "aipl_stage": d.aipl_stage,
+        "lifecycle": d.lifecycle,
+        "acquisition_channel": a.acquisition_channel,
+        "acquisition_source": a.acquisition_source,
+    }
+
+
+def derive(a: Aggregates, brand: str, now: int, policy: Policy) -> Derived:
+    """Segments of a person with aggregates `a` at time `now` (ms)."""
+    today = rfm.day_of(now)
+    rp = policy.rfm_for(brand)
+    history = a.purchase_history()
+    window: rfm.RfmScores | None = None
+    scores, segment = NO_SCORES, None
+    fired = {"rfm_segment": "rfm:never_purchased"}
+    if history is not None:
+        window = rfm.score(
+            rfm.trim(a.buckets, today, rp.window_days), a.last_purchase_day, today, rp
+        )
+        scores = Scores(window.r, window.f, window.m)
+        segment = rfm.segment(window, rp).value
+        fired["rfm_segment"] = f"rfm:R{window.r}F{window.f}M{window.m}/high>={rp.high_score}"
+    window_orders = window.orders if window else 0
+    stage = stages.aipl_stage(a.engagements, a.lifetime_orders, window_orders, policy.aipl)
+    fired["aipl_stage"] = f"aipl:{stage.value}"
+    life = lc.lifecycle(history, today, policy.lifecycle)
+    fired["lifecycle"] = lc.rule_of(life, history, policy.lifecycle)
+    base = Derived(scores, segment, stage.value, life.value if life else None)
+    tags, layers = policy.rules.for_brand(brand).evaluate(facts(a, base, today, window))
+    return replace(base, tags=tags, layers=layers, rules_fired=fired)
+
+
+def next_due(s: PersonState, brand: str, policy: Policy) -> int | None:
+    """The earliest time (ms) after `s.as_of` at which time alone may change a segment."""
+    a = s.agg
+    today = rfm.day_of(s.as_of)
+    rp = policy.rfm_for(brand)
+    days: list[int] = []
+    if a.last_purchase_day >= 0:
+        days += [a.last_purchase_day + t + 1 for t in rp.recency_days]  # R drops a score
+    days += [d + rp.window_days for d, _, _ in a.buckets]  # a day leaves the F/M window
+    days += lc.transition_days(a.purchase_history(), policy.lifecycle)
+    anchors = {
+        "days_since_last_purchase": a.last_purchase_day,
+        "days_since_first_seen": rfm.day_of(a.first_seen),
+    }
+    for counter, thresholds in policy.rules.for_brand(brand).day_thresholds.items():
+        anchor = anchors[counter]
+        if anchor >= 0:  # a threshold k flips `== k`, `>= k` ... on day anchor+k or +k+1
+            days += [anchor + k + extra for k in thresholds for extra in (0, 1)]
+    future = [d for d in days if d > today]
+    return min(future) * rfm.MS_PER_DAY if future else None
+
+
+# -- transitions -------------------------------------------------------------------------
+
+
+def _changes(
+    before: Derived,
+    after: Derived,
+    brand: str,
+    person_id: str,
+    cause: str,
+    at: int,
+    seq: int,
+    policy: Policy,
+) -> list[SegmentChange]:
+    book = policy.rules.for_brand(brand)
+    moves: list[tuple[str, str | None, str | None, str]] = []
+    for dim in ("rfm_segment", "aipl_stage", "lifecycle"):
+        b, a = getattr(before, dim), getattr(after, dim)
+        if b != a:
+            moves.append((dim, b, a, after.rules_fired.get(dim, dim)))
+    for tag in sorted(set(before.tags) - set(after.tags)):
+        moves.append(("tag", tag, None, book.explain_tag(tag).replace("tag:", "untag:", 1)))
+    for tag in sorted(set(after.tags) - set(before.tags)):
+        moves.append(("tag", None, tag, book.explain_tag(tag)))
+    old_layers, new_layers = dict(before.layers), dict(after.layers)
+    for layer in sorted(old_layers.keys() | new_layers.keys()):
+        b, a = old_layers.get(layer), new_layers.get(layer)
+        if b != a:
+            moves.append((f"layer:{layer}", b, a, book.explain_level(layer, a)))
+    return [
+        SegmentChange(
+            brand=brand,
+            person_id=person_id,
+            dimension=dim,
+            from_value=b,
+            to_value=a,
+            rule=rule,
+            cause_event_id=cause,
+            event_time=at,
+            seq=seq + i + 1,
+            scores_before=before.scores,
+            scores_after=after.scores,
+            policy_version=policy.version,
+        )
+        for i, (dim, b, a, rule) in enumerate(moves)
+    ]
+
+
+def _recompute(
+    s: PersonState, agg: Aggregates, brand: str, person_id: str, cause: str, at: int,
+    policy: Policy,
+) -> tuple[PersonState, list[SegmentChange]]:  # fmt: skip
+    now = max(s.as_of, at)
+    rp = policy.rfm_for(brand)
+    agg = replace(agg, buckets=rfm.trim(agg.buckets, rfm.day_of(now), rp.window_days))
+    derived = derive(agg, brand, now, policy)
+    changes = _changes(s.derived, derived, brand, person_id, cause, at, s.seq, policy)
+    new = replace(
+        s, version=s.version + 1, seq=s.seq + len(changes), as_of=now, agg=agg, derived=derived
+    )
+    return new, changes
+
+
+def advance(
+    state: PersonState, brand: str, person_id: str, now: int, policy: Policy
+) -> tuple[PersonState, list[SegmentChange]]:
+    """Let time pass up to `now` (ms): every due time on the way is applied in order."""
+    changes: list[SegmentChange] = []
+    due = next_due(state, brand, policy)
+    while due is not None and due <= now:
+        state, more = _recompute(state, state.agg, brand, person_id, TIME_CAUSE, due, policy)
+        changes += more
+        due = next_due(state, brand, policy)
+    return state, changes
+
+
+def is_duplicate(state: PersonState | None, event: Touchpoint) -> bool:
+    return state is not None and event.event_id in state.recent_event_ids
 
 
 def apply(
@@ -146,75 +463,25 @@ def apply(
     policy: Policy,
     offset: int = -1,
 ) -> tuple[PersonState, list[SegmentChange]]:
-    """Apply one event to a person's state; return the new state and the changes it caused."""
-    s = state if state is not None else PersonState(first_seen=event.occurred_at)
-    now = max(s.last_seen, event.occurred_at)
-    today = rfm.day_of(now)
-    c = _Counters(
-        s.engagements,
-        s.lifetime_orders,
-        s.lifetime_amount_minor,
-        s.last_purchase_day,
-        rfm.trim(s.buckets, today, policy.rfm.window_days),
-        s.recent_orders,
-    )
+    """Apply one event: first the due times before it, then the event itself.
+
+    A duplicate (an event id among the person's recent ones) changes nothing.
+    """
+    if state is not None and is_duplicate(state, event):
+        return state, []
+    t = event.occurred_at
+    if state is None:
+        state = PersonState(as_of=t, agg=Aggregates(first_seen=t, last_seen=t))
+    state, changes = advance(state, event.brand, person_id, t, policy)
+    a = state.agg
+    a = replace(a, first_seen=min(a.first_seen, t), last_seen=max(a.last_seen, t))
     effect = _EFFECTS.get(event.type)
     if effect is not None:
-        c = effect(c, event)
-
-    scores = NO_SCORES
-    segment: str | None = None
-    window_orders = 0
-    segment_rule = "rfm:never_purchased"
-    if c.last_purchase_day >= 0:
-        rs = rfm.score(c.buckets, c.last_purchase_day, today, policy.rfm)
-        scores = Scores(rs.r, rs.f, rs.m)
-        segment = rfm.segment(rs, policy.rfm).value
-        window_orders = rs.orders
-        segment_rule = f"rfm:R{rs.r}F{rs.f}M{rs.m}/high>={policy.rfm.high_score}"
-    stage = stages.aipl_stage(c.engagements, c.lifetime_orders, window_orders, policy.aipl).value
-
-    changes: list[SegmentChange] = []
-    seq = s.seq
-    for dimension, before, after, rule in (
-        ("rfm_segment", s.rfm_segment, segment, segment_rule),
-        ("aipl_stage", s.aipl_stage, stage, f"aipl:{stage}"),
-    ):
-        if before != after:
-            seq += 1
-            changes.append(
-                SegmentChange(
-                    brand=event.brand,
-                    person_id=person_id,
-                    dimension=dimension,
-                    from_value=before,
-                    to_value=after,
-                    rule=rule,
-                    cause_event_id=event.event_id,
-                    event_time=event.occurred_at,
-                    seq=seq,
-                    scores_before=s.scores,
-                    scores_after=scores,
-                )
-            )
-
-    new = PersonState(
-        version=s.version + 1,
-        seq=seq,
-        last_offset=max(s.last_offset, offset),
-        first_seen=min(s.first_seen, event.occurred_at),
-        last_seen=now,
-        engagements=c.engagements,
-        lifetime_orders=c.lifetime_orders,
-        lifetime_amount_minor=c.lifetime_amount_minor,
-        last_purchase_day=c.last_purchase_day,
-        buckets=c.buckets,
-        recent_orders=c.recent_orders,
-        scores=scores,
-        rfm_segment=segment,
-        aipl_stage=stage,
-    )
-    return new, changes
+        a = effect(a, event)
+    state, more = _recompute(state, a, event.brand, person_id, event.event_id, t, policy)
+    recent = (*state.recent_event_ids, event.event_id)[-policy.dedup_window :]
+    state = replace(state, last_offset=max(state.last_offset, offset), recent_event_ids=recent)
+    return state, changes + more
 
 
 def state_key(brand: str, person_id: str) -> str:

@@ -15,13 +15,15 @@ EVENT_COLUMNS = (
 STATE_COLUMNS = (
     "brand", "person_id", "version", "seq", "first_seen", "last_seen", "engagements",
     "lifetime_orders", "lifetime_amount_minor", "last_purchase_day", "r", "f", "m",
-    "rfm_segment", "aipl_stage",
+    "rfm_segment", "aipl_stage", "as_of", "lifecycle", "tags", "layers", "shares",
+    "invitations", "first_purchase_day", "subscribed", "acquisition_channel",
+    "acquisition_source",
 )  # fmt: skip
 
 CHANGE_COLUMNS = (
     "brand", "person_id", "seq", "dimension", "from_value", "to_value", "rule",
     "cause_event_id", "event_time", "r_before", "f_before", "m_before", "r_after", "f_after",
-    "m_after",
+    "m_after", "policy_version",
 )  # fmt: skip
 
 
@@ -42,10 +44,14 @@ def event_row(e: Touchpoint, person_id: str, partition: int, offset: int) -> lis
 
 
 def state_row(brand: str, person_id: str, s: PersonState) -> list[Any]:
+    a, d = s.agg, s.derived
+    subscribed = None if a.subscribed is None else int(a.subscribed)
     return [
-        brand, person_id, s.version, s.seq, s.first_seen, s.last_seen, s.engagements,
-        s.lifetime_orders, s.lifetime_amount_minor, s.last_purchase_day, s.scores.r,
-        s.scores.f, s.scores.m, s.rfm_segment or "", s.aipl_stage,
+        brand, person_id, s.version, s.seq, a.first_seen, a.last_seen, a.engagements,
+        a.lifetime_orders, a.lifetime_amount_minor, a.last_purchase_day, d.scores.r,
+        d.scores.f, d.scores.m, d.rfm_segment or "", d.aipl_stage, s.as_of, d.lifecycle or "",
+        list(d.tags), dict(d.layers), a.shares, a.invitations, a.first_purchase_day,
+        subscribed, a.acquisition_channel or "", a.acquisition_source or "",
     ]  # fmt: skip
 
 
@@ -53,5 +59,5 @@ def change_row(c: SegmentChange) -> list[Any]:
     b, a = c.scores_before, c.scores_after
     return [
         c.brand, c.person_id, c.seq, c.dimension, c.from_value or "", c.to_value or "", c.rule,
-        c.cause_event_id, c.event_time, b.r, b.f, b.m, a.r, a.f, a.m,
+        c.cause_event_id, c.event_time, b.r, b.f, b.m, a.r, a.f, a.m, c.policy_version,
     ]  # fmt: skip

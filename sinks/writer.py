@@ -20,10 +20,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline import metrics
 from pipeline.codec import Codecs
 from pipeline.errors import Rejected
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
+from pipeline.kafka_security import client_options
+from pipeline.schema_registry import registry_for
 from pipeline.settings import Settings
 from pipeline.state import split_state_key
 from sinks import rows, store
@@ -59,11 +62,12 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, bootstrap: str, codecs: Codecs | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
-        self.codecs = codecs or Codecs()
+        self.codecs = codecs or Codecs(registry_for(settings.schema_registry_url))
         self.limits = settings.limits()
         # chDB is one engine per process and not async: every call goes through one thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
+        self._stop_metrics: Any = None  # stops the /metrics server, if sink_metrics_port
         self._route = {
             settings.events_topic: self._event_rows,
             settings.changes_topic: self._change_rows,
@@ -78,6 +82,9 @@ class ClickHouseSink:
         dsn, db = self.settings.resolved_clickhouse_dsn(), self.settings.clickhouse_database
         await self._call(store.migrate, dsn, db)
         self._client = await self._call(store.connect, dsn, db)
+        metrics.sink_tables(COLUMNS)
+        if self.settings.sink_metrics_port:
+            self._stop_metrics = metrics.serve(metrics.SINK, self.settings.sink_metrics_port)
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -112,6 +119,7 @@ class ClickHouseSink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5_000,
+            **client_options(s),
         )
         await consumer.start()
         batch = _Batch()
@@ -134,11 +142,14 @@ class ClickHouseSink:
             await consumer.stop()
 
     async def _flush(self, batch: _Batch, consumer: AIOKafkaConsumer) -> None:
+        started = time.monotonic()
         for table, table_rows in batch.rows.items():
             if table_rows:
                 await self._insert_with_retry(table, table_rows, batch.token(table))
+                metrics.sink_stored(table, len(table_rows))
         # Commit exactly what this batch consumed, after it is stored.
         await consumer.commit({tp: last + 1 for tp, (_, last) in batch.spans.items()})
+        metrics.sink_batch_done(time.monotonic() - started)
 
     async def _insert_with_retry(self, table: str, table_rows: list[list[Any]], token: str) -> None:
         delay = 0.2
@@ -154,8 +165,10 @@ class ClickHouseSink:
                 return
             except Exception as exc:  # any store error: keep the batch, back off, try again
                 log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
+                metrics.sink_insert_failed(table)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+                metrics.sink_insert_retried(table)
 
     async def query(
         self, sql: str, parameters: dict[str, Any] | None = None
@@ -165,3 +178,5 @@ class ClickHouseSink:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._stop_metrics is not None:
+            self._stop_metrics()

@@ -46,12 +46,8 @@ class Worker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        config = self.log.with_suffix(".yaml")
-        data = self.settings.model_dump(mode="json", exclude={"pii_key"})
-        data["web_port"] = free_port()
-        config.write_text(yaml.safe_dump(data))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHFLOW_")}
-        env["TOUCHFLOW_CONFIG"] = str(config)
+        env = cli_env(self.settings, self.log.with_suffix(".yaml"), web_port=free_port())
+        env.pop("TOUCHFLOW_PII_KEY", None)  # workers only check that ids are hashed
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker"],
@@ -118,3 +114,29 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 60
     finally:
         await consumer.stop()
     return records
+
+
+def cli_env(settings: Settings, config: Path, **overrides: Any) -> dict[str, str]:
+    """Environment for a `touchflow` subprocess: `settings` (+ overrides) as a YAML config
+    file; the PII key travels in the environment like in production, never in a file."""
+    data = settings.model_dump(mode="json", exclude={"pii_key"})
+    data.update(overrides)
+    config.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHFLOW_")}
+    env["TOUCHFLOW_CONFIG"] = str(config)
+    if settings.pii_key is not None:
+        env["TOUCHFLOW_PII_KEY"] = settings.pii_key.get_secret_value()
+    return env
+
+
+def run_cli(
+    settings: Settings, config: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`touchflow ARGS` as a real process on the test's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=cli_env(settings, config),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

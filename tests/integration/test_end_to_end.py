@@ -1,9 +1,13 @@
 """A scripted story through the real broker, a real worker process and chDB.
 
-Customer A joins through WeCom, chats, buys twice, shares; customer B buys once and goes
-quiet; a garbage message sits between them. Expected segment changes are worked out by
-hand from the default policy (RfmPolicy: recency (7,30,90,180) days, frequency (2,3,5,8)
-orders, monetary (20000,50000,100000,300000) fen, high >= 3; loyalty at 2 orders).
+Customer A joins through WeCom, chats, buys twice, shares; customer B buys once; a garbage
+message sits between them. Expected segment changes are worked out by hand from the
+default thresholds (RFM: recency (7,30,90,180) days, frequency (2,3,5,8) orders, monetary
+(20000,50000,100000,300000) fen, high >= 3; loyalty at 2 orders; lifecycle: new for 30
+days after a first order) and one tag rule, VIP from 800 yuan.
+
+Between A's purchases, A's recency passes 7 days (day 9): R drops 5 -> 4 on time alone,
+which moves no segment but is one more state write (version).
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from tests.integration.helpers import PII_KEY, async_wait_until, publish, read_t
 pytestmark = pytest.mark.integration
 
 DAY = 86_400_000
+HOUR = 3_600_000
+VIP_RULES = {
+    "default": {"tags": [{"name": "vip", "when": {"lifetime_amount_minor": {"gte": 80_000}}}]}
+}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"rules": VIP_RULES})
 
 
 def story(now_ms: int) -> tuple[list[Touchpoint | bytes], UserRef, UserRef]:
@@ -42,8 +55,8 @@ def story(now_ms: int) -> tuple[list[Touchpoint | bytes], UserRef, UserRef]:
         ev("a2", a, "wecom", EventType.CHAT, t0 + 60_000, Chat("inbound", "customer")),
         b"\x07not-avro-at-all",
         ev("a3", a, "wecom", EventType.PURCHASE, t0 + DAY, Purchase("o-1", 30_000)),
-        ev("b2", b, "wechat_oa", EventType.PURCHASE, t0 + DAY, Purchase("o-2", 9_900)),
         ev("a4", a, "wecom", EventType.PURCHASE, t0 + 11 * DAY, Purchase("o-3", 60_000)),
+        ev("b2", b, "wechat_oa", EventType.PURCHASE, t0 + 11 * DAY + HOUR, Purchase("o-2", 9_900)),
         ev("a5", a, "wecom", EventType.SHARE, t0 + 12 * DAY, Share("live-room-9")),
     ]
     return events, a, b
@@ -58,7 +71,7 @@ async def test_story_gives_exact_segment_changes_and_rows(
     worker = workers()
     await publish(settings, events)
 
-    records = await read_topic(settings.kafka_bootstrap, settings.changes_topic, 7, timeout=90)
+    records = await read_topic(settings.kafka_bootstrap, settings.changes_topic, 11, timeout=90)
     assert worker.alive(), worker.log_tail()
     codecs = Codecs()
     got = sorted(
@@ -73,10 +86,14 @@ async def test_story_gives_exact_segment_changes_and_rows(
             (pa, 1, "aipl_stage", "A", "I", "a2", (0, 0, 0)),
             (pa, 2, "rfm_segment", None, "general_develop", "a3", (5, 1, 2)),
             (pa, 3, "aipl_stage", "I", "P", "a3", (5, 1, 2)),
-            (pa, 4, "rfm_segment", "general_develop", "important_develop", "a4", (5, 2, 3)),
-            (pa, 5, "aipl_stage", "P", "L", "a4", (5, 2, 3)),
+            (pa, 4, "lifecycle", None, "new", "a3", (5, 1, 2)),
+            (pa, 5, "rfm_segment", "general_develop", "important_develop", "a4", (5, 2, 3)),
+            (pa, 6, "aipl_stage", "P", "L", "a4", (5, 2, 3)),
+            (pa, 7, "lifecycle", "new", "active", "a4", (5, 2, 3)),
+            (pa, 8, "tag", None, "vip", "a4", (5, 2, 3)),
             (pb, 1, "rfm_segment", None, "general_develop", "b2", (5, 1, 1)),
             (pb, 2, "aipl_stage", "A", "P", "b2", (5, 1, 1)),
+            (pb, 3, "lifecycle", None, "new", "b2", (5, 1, 1)),
         ]
     )
     # Each change is keyed by its person, so one person's changes stay in order.
@@ -96,19 +113,22 @@ async def test_story_gives_exact_segment_changes_and_rows(
             " (SELECT count() FROM segment_changes FINAL),"
             " (SELECT sum(version) FROM person_state FINAL)"
         )
-        return n[0] == (7, 7, 7)
+        return n[0] == (7, 11, 6 + 2)
 
-    await async_wait_until(stored, 60, "7 events, 7 changes and all state versions stored")
+    await async_wait_until(stored, 60, "7 events, 11 changes and all state versions stored")
     state = await sink.query(
         "SELECT person_id, version, seq, lifetime_orders, lifetime_amount_minor, engagements,"
-        " r, f, m, rfm_segment, aipl_stage FROM person_state FINAL ORDER BY person_id"
+        " r, f, m, rfm_segment, aipl_stage, lifecycle, tags, acquisition_source"
+        " FROM person_state FINAL ORDER BY person_id"
     )
     assert sorted(state) == sorted(
         [
-            (pa, 5, 5, 2, 90_000, 2, 5, 2, 3, "important_develop", "L"),
-            (pb, 2, 2, 1, 9_900, 0, 5, 1, 1, "general_develop", "P"),
+            # 5 events + the day-9 due time; 8 changes
+            (pa, 6, 8, 2, 90_000, 2, 5, 2, 3, "important_develop", "L", "active", ["vip"],
+             "qr_code"),
+            (pb, 2, 3, 1, 9_900, 0, 5, 1, 1, "general_develop", "P", "new", [], ""),
         ]
-    )
+    )  # fmt: skip
     rows = await sink.query(
         "SELECT event_id, type, channel, person_id, user_id, amount_minor FROM events FINAL"
         " ORDER BY event_id"
@@ -130,4 +150,5 @@ async def test_story_gives_exact_segment_changes_and_rows(
     assert changes == [
         (pb, 1, "rfm_segment", "", "general_develop", "rfm:R5F1M1/high>=3"),
         (pb, 2, "aipl_stage", "A", "P", "aipl:P"),
+        (pb, 3, "lifecycle", "", "new", "lifecycle:new/first_order<30d"),
     ]

@@ -32,7 +32,7 @@ from pipeline.events import (
     Touchpoint,
     UserRef,
 )
-from pipeline.state import PersonState, Scores, SegmentChange
+from pipeline.state import Aggregates, Derived, PersonState, Scores, SegmentChange
 
 AT = 1_700_000_000_000
 H = "h1:" + "0123456789abcdef" * 2
@@ -112,17 +112,36 @@ STATES = [
         version=7,
         seq=5,
         last_offset=2**40,
-        first_seen=AT - 10**9,
-        last_seen=AT,
-        engagements=3,
-        lifetime_orders=2,
-        lifetime_amount_minor=70_000,
-        last_purchase_day=19_675,
-        buckets=((19_665, 1, 30_000), (19_675, 1, 40_000), (19_676, 0, 0)),
-        recent_orders=(("o1", 19_665, 30_000), ("o2", 19_675, 40_000)),
-        scores=Scores(5, 2, 3),
-        rfm_segment="important_develop",
-        aipl_stage="L",
+        as_of=AT + 5,
+        recent_event_ids=("b1", "b2"),
+        agg=Aggregates(
+            first_seen=AT - 10**9,
+            last_seen=AT,
+            engagements=3,
+            shares=2,
+            invitations=1,
+            lifetime_orders=2,
+            lifetime_amount_minor=70_000,
+            first_purchase_day=19_665,
+            last_purchase_day=19_675,
+            previous_purchase_day=19_665,
+            buckets=((19_665, 1, 30_000), (19_675, 1, 40_000), (19_676, 0, 0)),
+            recent_orders=(("o1", 19_665, 30_000), ("o2", 19_675, 40_000)),
+            pending_refunds=(("o9", 500),),
+            last_join=AT - 10**9,
+            last_leave=AT - 10,
+            acquired_at=AT - 10**9,
+            acquisition_channel="wecom",
+            acquisition_source="live_stream",
+        ),
+        derived=Derived(
+            scores=Scores(5, 2, 3),
+            rfm_segment="important_develop",
+            aipl_stage="L",
+            lifecycle="active",
+            tags=("koc", "repeat_buyer"),
+            layers=(("value", "mid"),),
+        ),
     ),
 ]
 
@@ -135,14 +154,28 @@ def test_person_state_round_trip(codecs: Codecs, state: PersonState) -> None:
 # -- the wire format ----------------------------------------------------------------------
 
 
-def _registry_id(subject: str) -> int:
+def _registry_id(subject: str, version: int) -> int:
     index = json.loads((SCHEMAS_DIR / "registry.json").read_text())
-    (sid,) = [e["id"] for e in index["schemas"] if e["subject"] == subject]
+    (sid,) = [
+        e["id"] for e in index["schemas"] if e["subject"] == subject and e["version"] == version
+    ]
     return int(sid)
 
 
+def _has_version(subject: str, version: int) -> bool:
+    index = json.loads((SCHEMAS_DIR / "registry.json").read_text())
+    return any(e["subject"] == subject and e["version"] == version for e in index["schemas"])
+
+
 def test_registry_ids_are_the_permanent_ones() -> None:
-    assert [_registry_id(s) for s in (EVENTS_SUBJECT, CHANGES_SUBJECT, STATE_SUBJECT)] == [1, 2, 3]
+    subjects = (EVENTS_SUBJECT, CHANGES_SUBJECT, STATE_SUBJECT)
+    assert [_registry_id(s, 1) for s in subjects] == [1, 2, 3]
+    assert [_registry_id(s, 2) for s in subjects[1:]] == [4, 5]
+    assert [Codecs().events.schema_id, Codecs().changes.schema_id, Codecs().state.schema_id] == [
+        1,
+        4,
+        5,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -159,7 +192,8 @@ def test_header_is_magic_zero_then_the_big_endian_schema_id(
 ) -> None:
     data: bytes = encode(codecs)
     assert data[0] == 0
-    assert int.from_bytes(data[1:5], "big") == _registry_id(subject)
+    latest = max(v for v in (1, 2) if _has_version(subject, v))
+    assert int.from_bytes(data[1:5], "big") == _registry_id(subject, latest)
 
 
 # -- rejections ---------------------------------------------------------------------------
@@ -308,3 +342,17 @@ def test_newer_schema_version_reads_data_written_with_the_older_one(tmp_path: Pa
     assert int.from_bytes(written_by_old[1:5], "big") == 1
     assert new.decode_event(written_by_old) == CHAT
     assert int.from_bytes(new.encode_event(CHAT)[1:5], "big") == 11
+
+
+def test_state_and_changes_written_by_v1_still_decode(tmp_path: Path) -> None:
+    """A worker upgraded to v2 recovers v1 changelogs: new fields take their defaults."""
+    old = Codecs(FileSchemaRegistry(_registry_dir(tmp_path, V1_ENTRIES)))
+    full = STATES[1]
+    state = Codecs().decode_state(old.encode_state(full))
+    assert state.agg.buckets == full.agg.buckets
+    assert state.derived.scores == full.derived.scores
+    assert state.agg.shares == 0 and state.derived.tags == () and state.derived.lifecycle is None
+    assert state.agg.first_purchase_day == 19_665  # v1 had none: the earliest bucket day
+    assert state.as_of == full.agg.last_seen  # v1 had no clock: its last event time
+    change = Codecs().decode_change(old.encode_change(CHANGES[0]))
+    assert change == CHANGES[0]

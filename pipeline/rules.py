@@ -1,0 +1,274 @@
+"""Tags and layers from declarative per-brand rules (YAML or dicts). Pure.
+
+A rule is a condition over a person's *facts* (see `FACT_NAMES`), written as data:
+
+    tags:
+      - name: vip
+        when: {window_amount_minor: {gte: 300000}}
+      - name: koc
+        when: {all: [{shares: {gte: 3}}, {invitations: {gte: 1}}]}
+    layers:
+      - name: value                       # one value per person: the first level that matches
+        levels:
+          - {name: high, when: {m: {gte: 4}}}
+          - {name: mid, when: {m: {gte: 2}}}
+          - {name: low}                   # no `when`: always matches (the fallback)
+
+A condition is a mapping with one key: `all` / `any` (a list of conditions), `not` (one
+condition), or a fact name mapping operators (eq, ne, gt, gte, lt, lte, in) to values;
+several operators on one fact must all hold. `compile_rules` checks everything at
+start-up and names the exact place of any mistake.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Facts = Mapping[str, Any]
+Predicate = Callable[[Facts], bool]
+
+# The facts a rule may use, and the Python types their values have (None = no value,
+# e.g. days_since_last_purchase of someone who never purchased: every comparison fails).
+FACT_TYPES: dict[str, type] = {
+    "lifetime_orders": int,
+    "lifetime_amount_minor": int,
+    "window_orders": int,
+    "window_amount_minor": int,
+    "r": int,
+    "f": int,
+    "m": int,
+    "engagements": int,
+    "shares": int,
+    "invitations": int,
+    "days_since_last_purchase": int,
+    "days_since_first_seen": int,
+    "subscribed": bool,
+    "rfm_segment": str,
+    "aipl_stage": str,
+    "lifecycle": str,
+    "acquisition_channel": str,
+    "acquisition_source": str,
+}
+FACT_NAMES = frozenset(FACT_TYPES)
+# Facts that grow by one each day with no event: thresholds on them are due times.
+DAY_COUNTERS = ("days_since_last_purchase", "days_since_first_seen")
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "in": lambda value, options: value in options,
+}
+_ORDERED = {"gt", "gte", "lt", "lte"}
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled; the message names where it is and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    name: str
+    test: Predicate
+    text: str  # the condition as written, for explanations
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    name: str
+    test: Predicate
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    name: str
+    levels: tuple[Level, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BrandRules:
+    tags: tuple[Tag, ...] = ()
+    layers: tuple[Layer, ...] = ()
+    # Day thresholds used on DAY_COUNTERS, so time-driven rule changes can be scheduled.
+    day_thresholds: Mapping[str, frozenset[int]] = field(default_factory=dict)
+
+    def evaluate(self, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """(sorted tag names that hold, ((layer, level), ...) in declaration order)."""
+        tags = tuple(sorted(t.name for t in self.tags if t.test(facts)))
+        layers = []
+        for layer in self.layers:
+            for level in layer.levels:
+                if level.test(facts):
+                    layers.append((layer.name, level.name))
+                    break
+        return tags, tuple(layers)
+
+    def explain_tag(self, name: str) -> str:
+        for t in self.tags:
+            if t.name == name:
+                return f"tag:{name}/{t.text}"
+        return f"tag:{name}/removed_from_rules"
+
+    def explain_level(self, layer: str, level: str | None) -> str:
+        for lay in self.layers:
+            if lay.name == layer:
+                for lev in lay.levels:
+                    if lev.name == level:
+                        return f"layer:{layer}={level}/{lev.text}"
+        return f"layer:{layer}={level}/no_level_matched"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleBook:
+    """Rules per brand; brands without their own use `default`."""
+
+    default: BrandRules = BrandRules()
+    brands: Mapping[str, BrandRules] = field(default_factory=dict)
+    version: str = "builtin"
+
+    def for_brand(self, brand: str) -> BrandRules:
+        return self.brands.get(brand, self.default)
+
+
+# -- compiling ---------------------------------------------------------------------------
+
+
+def _compile_comparison(fact: str, ops: Any, where: str, days: dict[str, set[int]]) -> Predicate:
+    if fact not in FACT_TYPES:
+        raise RuleError(f"{where}: unknown fact {fact!r}; known facts: {sorted(FACT_NAMES)}")
+    if not isinstance(ops, Mapping) or not ops:
+        raise RuleError(f"{where}.{fact}: expected operators like {{gte: 3}}, got {ops!r}")
+    kind = FACT_TYPES[fact]
+    checks: list[tuple[Callable[[Any, Any], bool], Any]] = []
+    for op, value in ops.items():
+        if op not in _OPERATORS:
+            raise RuleError(f"{where}.{fact}: unknown operator {op!r}; use {sorted(_OPERATORS)}")
+        values = value if op == "in" else [value]
+        if op == "in" and not isinstance(value, list):
+            raise RuleError(f"{where}.{fact}.in: expected a list, got {value!r}")
+        for v in values:
+            # bool is an int in Python; keep the two apart so `subscribed: {eq: 1}` is caught
+            if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+                raise RuleError(f"{where}.{fact}.{op}: {fact} is {kind.__name__}, got {v!r}")
+        if op in _ORDERED and kind is not int:
+            raise RuleError(f"{where}.{fact}.{op}: {fact} is {kind.__name__}, not a number")
+        if fact in DAY_COUNTERS:
+            days.setdefault(fact, set()).update(values)
+        checks.append((_OPERATORS[op], tuple(value) if op == "in" else value))
+
+    def test(facts: Facts) -> bool:
+        actual = facts.get(fact)
+        return actual is not None and all(check(actual, v) for check, v in checks)
+
+    return test
+
+
+def _compile(cond: Any, where: str, days: dict[str, set[int]]) -> Predicate:
+    if not isinstance(cond, Mapping) or len(cond) != 1:
+        raise RuleError(f"{where}: a condition is a mapping with exactly one key, got {cond!r}")
+    ((key, arg),) = cond.items()
+    if key in ("all", "any"):
+        if not isinstance(arg, list) or not arg:
+            raise RuleError(f"{where}.{key}: expected a non-empty list of conditions")
+        parts = [_compile(c, f"{where}.{key}[{i}]", days) for i, c in enumerate(arg)]
+        combine = all if key == "all" else any
+        return lambda facts: combine(p(facts) for p in parts)
+    if key == "not":
+        inner = _compile(arg, f"{where}.not", days)
+        return lambda facts: not inner(facts)
+    return _compile_comparison(str(key), arg, where, days)
+
+
+def _name(item: Any, where: str) -> str:
+    name = item.get("name") if isinstance(item, Mapping) else None
+    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
+        raise RuleError(f"{where}.name: expected a name of letters, digits and _, got {name!r}")
+    return name
+
+
+def _text(cond: Any) -> str:
+    return "always" if cond is None else str(cond).replace(" ", "").replace("'", "")
+
+
+def _always(facts: Facts) -> bool:
+    return True
+
+
+def compile_brand_rules(spec: Mapping[str, Any], where: str) -> BrandRules:
+    unknown = set(spec) - {"tags", "layers"}
+    if unknown:
+        raise RuleError(f"{where}: unknown keys {sorted(unknown)}; expected tags, layers")
+    days: dict[str, set[int]] = {}
+    tags: list[Tag] = []
+    for i, item in enumerate(spec.get("tags") or []):
+        at = f"{where}.tags[{i}]"
+        name = _name(item, at)
+        if "when" not in item:
+            raise RuleError(f"{at}: a tag needs a `when` condition")
+        if any(t.name == name for t in tags):
+            raise RuleError(f"{at}: tag {name!r} is defined twice")
+        tags.append(Tag(name, _compile(item["when"], f"{at}.when", days), _text(item["when"])))
+    layers: list[Layer] = []
+    for i, item in enumerate(spec.get("layers") or []):
+        at = f"{where}.layers[{i}]"
+        name = _name(item, at)
+        levels_spec = item.get("levels")
+        if not isinstance(levels_spec, list) or not levels_spec:
+            raise RuleError(f"{at}.levels: expected a non-empty list of levels")
+        levels = []
+        for j, lev in enumerate(levels_spec):
+            lat = f"{at}.levels[{j}]"
+            cond = lev.get("when") if isinstance(lev, Mapping) else None
+            test = _always if cond is None else _compile(cond, f"{lat}.when", days)
+            levels.append(Level(_name(lev, lat), test, _text(cond)))
+        layers.append(Layer(name, tuple(levels)))
+    return BrandRules(
+        tags=tuple(tags),
+        layers=tuple(layers),
+        day_thresholds={k: frozenset(v) for k, v in days.items()},
+    )
+
+
+def compile_rules(spec: Mapping[str, Any] | None, version: str = "builtin") -> RuleBook:
+    """Compile `{default: {...}, brands: {slug: {...}}}`; raise RuleError on any mistake."""
+    spec = DEFAULT_RULES if spec is None else spec
+    unknown = set(spec) - {"default", "brands"}
+    if unknown:
+        raise RuleError(f"rules: unknown keys {sorted(unknown)}; expected default, brands")
+    default = compile_brand_rules(spec.get("default") or {}, "rules.default")
+    brands = {
+        str(slug): compile_brand_rules(brand_spec or {}, f"rules.brands.{slug}")
+        for slug, brand_spec in (spec.get("brands") or {}).items()
+    }
+    return RuleBook(default=default, brands=brands, version=version)
+
+
+# Built-in rules: what an operator expects on day one; a brand's YAML replaces them.
+DEFAULT_RULES: dict[str, Any] = {
+    "default": {
+        "tags": [
+            {"name": "new_customer", "when": {"lifetime_orders": {"eq": 0}}},
+            {"name": "repeat_buyer", "when": {"lifetime_orders": {"gte": 2}}},
+            {"name": "vip", "when": {"window_amount_minor": {"gte": 300_000}}},
+            {"name": "koc", "when": {"all": [{"shares": {"gte": 3}}, {"invitations": {"gte": 1}}]}},
+            {"name": "unsubscribed", "when": {"subscribed": {"eq": False}}},
+        ],
+        "layers": [
+            {
+                "name": "value",
+                "levels": [
+                    {"name": "high", "when": {"m": {"gte": 4}}},
+                    {"name": "mid", "when": {"m": {"gte": 2}}},
+                    {"name": "low", "when": {"m": {"gte": 1}}},
+                ],
+            }
+        ],
+    }
+}

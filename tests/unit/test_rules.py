@@ -1,0 +1,167 @@
+"""Tag and layer rules: compiling (with exact error places), evaluating, due days."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from pipeline import rfm
+from pipeline import state as core
+from pipeline.events import EventType, Purchase, Share, Touchpoint, UserRef
+from pipeline.rules import DEFAULT_RULES, RuleError, compile_rules
+
+DAY = rfm.MS_PER_DAY
+T0 = 19_675 * DAY
+USER = UserRef("openid", "h1:" + "0" * 32)
+
+KOC_RULES: dict[str, Any] = {
+    "default": {
+        "tags": [
+            {"name": "koc", "when": {"all": [{"shares": {"gte": 3}}, {"invitations": {"gte": 1}}]}},
+            {"name": "lapsed", "when": {"days_since_last_purchase": {"gte": 45}}},
+            {"name": "fresh", "when": {"lifecycle": {"in": ["new", "won_back"]}}},
+            {"name": "quiet", "when": {"not": {"engagements": {"gte": 1}}}},
+        ],
+        "layers": [
+            {
+                "name": "crowd",
+                "levels": [
+                    {"name": "buyer", "when": {"lifetime_orders": {"gte": 1}}},
+                    {
+                        "name": "fan",
+                        "when": {"any": [{"shares": {"gte": 1}}, {"engagements": {"gte": 2}}]},
+                    },
+                    {"name": "visitor"},
+                ],
+            }
+        ],
+    },
+    "brands": {
+        "other": {"tags": [{"name": "big", "when": {"lifetime_amount_minor": {"gt": 100}}}]}
+    },
+}
+
+
+def _facts(**overrides: Any) -> dict[str, Any]:
+    base = {
+        "shares": 0, "invitations": 0, "engagements": 0, "lifetime_orders": 0,
+        "lifetime_amount_minor": 0, "days_since_last_purchase": None, "lifecycle": None,
+    }  # fmt: skip
+    return {**base, **overrides}
+
+
+def test_tags_and_layers_evaluate_in_declaration_order() -> None:
+    book = compile_rules(KOC_RULES)
+    rules = book.for_brand("lumi")
+    assert rules.evaluate(_facts()) == (("quiet",), (("crowd", "visitor"),))
+    assert rules.evaluate(_facts(shares=3, invitations=1, engagements=3)) == (
+        ("koc",),
+        (("crowd", "fan"),),
+    )
+    assert rules.evaluate(_facts(engagements=1, lifetime_orders=1, lifecycle="won_back")) == (
+        ("fresh",),
+        (("crowd", "buyer"),),
+    )
+    assert rules.evaluate(_facts(engagements=1, days_since_last_purchase=44))[0] == ()
+    assert rules.evaluate(_facts(engagements=1, days_since_last_purchase=45))[0] == ("lapsed",)
+    assert book.for_brand("other").evaluate(_facts(lifetime_amount_minor=101))[0] == ("big",)
+
+
+def test_a_missing_fact_value_fails_every_comparison() -> None:
+    rules = compile_rules(KOC_RULES).for_brand("lumi")
+    assert "lapsed" not in rules.evaluate(_facts(days_since_last_purchase=None))[0]
+
+
+def test_day_thresholds_are_collected_for_the_due_time_index() -> None:
+    rules = compile_rules(KOC_RULES).for_brand("lumi")
+    assert rules.day_thresholds == {"days_since_last_purchase": frozenset({45})}
+
+
+def test_a_day_threshold_tag_appears_on_time_alone() -> None:
+    policy = core.Policy(rules=compile_rules(KOC_RULES))
+    buy = Touchpoint("b", EventType.PURCHASE, "lumi", "wecom", USER, T0, Purchase("o", 100))
+    s, _ = core.apply(None, buy, "p1", policy)
+    s, changes = core.advance(s, "lumi", "p1", T0 + 50 * DAY, policy)
+    lapsed = [c for c in changes if c.dimension == "tag" and c.to_value == "lapsed"]
+    assert [(c.event_time, c.cause_event_id) for c in lapsed] == [(T0 + 45 * DAY, "time")]
+    assert lapsed[0].rule == "tag:lapsed/{days_since_last_purchase:{gte:45}}"
+
+
+def test_tag_removal_and_layer_moves_are_changes_with_their_rule() -> None:
+    policy = core.Policy(rules=compile_rules(KOC_RULES))
+    s = None
+    changes: list[core.SegmentChange] = []
+    for i in range(3):
+        share = Touchpoint(
+            f"s{i}", EventType.SHARE, "lumi", "wecom", USER, T0 + i, Share("c", USER)
+        )
+        s, cs = core.apply(s, share, "p1", policy)
+        changes += cs
+    moves = [(c.dimension, c.from_value, c.to_value) for c in changes]
+    assert ("layer:crowd", None, "visitor") not in moves  # the first event already shares
+    assert moves[:2] == [("aipl_stage", "A", "I"), ("layer:crowd", None, "fan")]
+    assert ("tag", None, "quiet") not in moves  # the first event is already an engagement
+    assert ("tag", None, "koc") in moves
+    assert s is not None and s.tags == ("koc",)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"default": {"tags": [{"name": "x", "when": {"orderz": {"gte": 1}}}]}},
+         "rules.default.tags[0].when: unknown fact 'orderz'"),
+        ({"default": {"tags": [{"name": "x", "when": {"shares": {"atleast": 1}}}]}},
+         "rules.default.tags[0].when.shares: unknown operator 'atleast'"),
+        ({"default": {"tags": [{"name": "x", "when": {"shares": {"gte": "3"}}}]}},
+         "rules.default.tags[0].when.shares.gte: shares is int, got '3'"),
+        ({"default": {"tags": [{"name": "x", "when": {"subscribed": {"eq": 1}}}]}},
+         "rules.default.tags[0].when.subscribed.eq: subscribed is bool, got 1"),
+        ({"default": {"tags": [{"name": "x", "when": {"lifecycle": {"gt": "a"}}}]}},
+         "rules.default.tags[0].when.lifecycle.gt: lifecycle is str, not a number"),
+        ({"default": {"tags": [{"name": "x"}]}}, "rules.default.tags[0]: a tag needs a `when`"),
+        ({"default": {"tags": [{"name": "x y", "when": {"shares": {"gte": 1}}}]}},
+         "rules.default.tags[0].name: expected a name"),
+        ({"default": {"tags": [{"name": "x", "when": {"all": []}}]}},
+         "rules.default.tags[0].when.all: expected a non-empty list"),
+        ({"default": {"tags": [{"name": "x", "when": {"shares": {"gte": 1}, "m": {"gte": 1}}}]}},
+         "exactly one key"),
+        ({"default": {"tags": [{"name": "x", "when": {"m": {"gte": 1}}}] * 2}},
+         "tag 'x' is defined twice"),
+        ({"default": {"layers": [{"name": "l", "levels": []}]}},
+         "rules.default.layers[0].levels: expected a non-empty list"),
+        ({"brands": {"acme": {"tagz": []}}}, "rules.brands.acme: unknown keys ['tagz']"),
+        ({"defaults": {}}, "rules: unknown keys ['defaults']"),
+    ],
+)  # fmt: skip
+def test_mistakes_are_refused_with_their_exact_place(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(RuleError) as info:
+        compile_rules(spec)
+    assert message in str(info.value)
+
+
+def test_the_built_in_rules_compile_and_an_empty_spec_means_no_rules() -> None:
+    assert [t.name for t in compile_rules(DEFAULT_RULES).default.tags] == [
+        "new_customer", "repeat_buyer", "vip", "koc", "unsubscribed",
+    ]  # fmt: skip
+    assert [t.text for t in compile_rules(None).default.tags] == [
+        t.text for t in compile_rules(DEFAULT_RULES).default.tags
+    ]
+    empty = compile_rules({})
+    assert empty.default.tags == () and empty.default.layers == ()
+
+
+def test_settings_refuse_bad_rules_at_start_up(tmp_path: Any) -> None:
+    from pydantic import ValidationError
+
+    from pipeline.settings import Settings
+
+    with pytest.raises(ValidationError, match="unknown fact 'orderz'"):
+        Settings(rules={"default": {"tags": [{"name": "x", "when": {"orderz": {"gte": 1}}}]}})
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("default:\n  tags:\n    - {name: big, when: {m: {gte: 5}}}\n")
+    policy = Settings(rules_file=rules_file, policy_version="2026-11").policy()
+    assert [t.name for t in policy.rules.default.tags] == ["big"]
+    assert policy.version == policy.rules.version == "2026-11"
+    assert replace(policy, dedup_window=3).dedup_window == 3
