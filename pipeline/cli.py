@@ -154,6 +154,25 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from pipeline import rebuild_cli
+
+    live = _settings()
+    if live.embedded_broker:
+        sys.exit("touchflow rebuild: set TOUCHFLOW_KAFKA_BOOTSTRAP to the broker with the events")
+    try:
+        candidate = rebuild_cli.candidate_settings(live, args.config)
+        summary = rebuild_cli.run(live, candidate, args.output)
+    except (ValueError, OSError, ValidationError) as exc:
+        print(f"touchflow rebuild: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
+    else:
+        rebuild_cli.print_summary(summary)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="touchflow", description="Real-time customer segments for private-domain traffic."
@@ -195,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv-map", type=Path, help="YAML: canonical field path -> CSV column")
     p.add_argument("--rejects", type=Path, help="rejected lines (default FILE.rejects.jsonl)")
     p.set_defaults(func=cmd_publish)
+    p = sub.add_parser(
+        "rebuild", help="replay history under new rules and compare with the live rules"
+    )
+    p.add_argument("--config", type=Path, required=True, help="YAML: the candidate's policy")
+    p.add_argument("--output", type=Path, help="write the full comparison (JSON) here")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_rebuild)
     p = sub.add_parser("dlq", help="list dead-lettered records, or --replay them")
     p.add_argument("--limit", type=int, default=50, help="newest N records (default 50)")
     p.add_argument("--reason", help="only this reason code (e.g. bad_amount)")
