@@ -235,12 +235,26 @@ async def summarise(sink: ClickHouseSink) -> dict[str, Any]:
     stages = await sink.query(
         "SELECT aipl_stage, count() FROM person_state FINAL GROUP BY aipl_stage ORDER BY aipl_stage"
     )
+    lifecycles = await sink.query(
+        "SELECT lifecycle, count() FROM person_state FINAL WHERE lifecycle != ''"
+        " GROUP BY lifecycle ORDER BY count() DESC"
+    )
+    tags = await sink.query(
+        "SELECT arrayJoin(tags) AS tag, count() FROM person_state FINAL GROUP BY tag"
+        " ORDER BY count() DESC"
+    )
+    time_driven = one(
+        await sink.query("SELECT count() FROM segment_changes FINAL WHERE cause = 'time'")
+    )
     return {
         "events": events,
         "segment_changes": changes,
+        "time_driven_changes": time_driven,
         "users": users,
         "rfm_segments": {k: v for k, v in segments},
         "aipl_stages": {k: v for k, v in stages},
+        "lifecycles": {k: v for k, v in lifecycles},
+        "tags": {k: v for k, v in tags},
     }
 
 
@@ -324,11 +338,16 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any]) -> None:
     print("\nsummary")
     print(f"  events stored     {summary['events']:>8}   (published {summary['published']})")
-    print(f"  segment changes   {summary['segment_changes']:>8}")
+    print(
+        f"  segment changes   {summary['segment_changes']:>8}"
+        f"   ({summary['time_driven_changes']} by time alone)"
+    )
     print(f"  customers         {summary['users']:>8}")
     for seg, n in summary["rfm_segments"].items():
         print(f"    {SEGMENT_NAMES_ZH[RfmSegment(seg)]:<8} {seg:<18} {n:>6}")
     print("  AIPL: " + "  ".join(f"{k}={v}" for k, v in summary["aipl_stages"].items()))
+    print("  lifecycle: " + "  ".join(f"{k}={v}" for k, v in summary["lifecycles"].items()))
+    print("  tags: " + "  ".join(f"{k}={v}" for k, v in summary["tags"].items()))
     print(json.dumps(summary, ensure_ascii=False, sort_keys=True), flush=True)
 
 
