@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline import state as core
 from pipeline.events import Touchpoint
@@ -100,20 +100,26 @@ class PartitionEngine:
         assert wm is not None
         out.late = t < wm
         out.changes += self.fire_due(wm, out.written)
+        # The brand's own view, then each brand group's (cross-brand) view of the person.
+        for brand in (event.brand, *self.policy.groups_of(event.brand)):
+            view = event if brand == event.brand else replace(event, brand=brand)
+            self._apply(view, person_id, offset, out)
+        return out
+
+    def _apply(self, event: Touchpoint, person_id: str, offset: int, out: Outcome) -> None:
         key = core.state_key(event.brand, person_id).encode()
         old = self.store.get(key)
         if old is not None and 0 <= offset <= old.last_offset:
             out.redelivered = True  # its effects are already in the state
-            return out
+            return
         if core.is_duplicate(old, event):
             out.duplicate = True
-            return out
+            return
         new, changes = core.apply(old, event, person_id, self.policy, offset)
         self.store[key] = new
         self.schedule(key, new)
         out.written.append(key)
         out.changes += changes
-        return out
 
     def advance_to(self, now: int) -> list[core.SegmentChange]:
         """Move the clock with no event (a tick, or the end of a replay)."""

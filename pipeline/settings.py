@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     # Named in every segment change, so a rebuild with new rules can be told apart.
     policy_version: str = "v1"
+    # Brand groups (group name -> its brands): each group keeps a cross-brand state of
+    # every person, under the group's name in place of a brand (rules.brands.<group>
+    # and brand_rfm.<group> apply to it).
+    brand_groups: dict[str, list[str]] = {}
     dedup_window: int = Field(default=16, ge=1)  # recent event ids kept per person
     # How late an event may arrive (event time behind the partition's newest) and still
     # be ordered before due times; later ones are applied, scored at the newer clock, and
@@ -188,7 +192,19 @@ class Settings(BaseSettings):
             rules=rules.compile_rules(rules_spec, version=self.policy_version),
             dedup_window=self.dedup_window,
             version=self.policy_version,
+            brand_groups=self._groups_by_brand(),
         )
+
+    def _groups_by_brand(self) -> dict[str, tuple[str, ...]]:
+        by_brand: dict[str, list[str]] = {}
+        for group, members in sorted(self.brand_groups.items()):
+            if not validation.SLUG.match(group) or group in members:
+                raise ValueError(f"brand_groups: {group!r} must be a slug and not its own member")
+            if self.brands and group in self.brands:
+                raise ValueError(f"brand_groups: {group!r} is also a brand")
+            for brand in members:
+                by_brand.setdefault(brand, []).append(group)
+        return {b: tuple(g) for b, g in by_brand.items()}
 
     @property
     def allowed_lateness_ms(self) -> int:
@@ -198,6 +214,7 @@ class Settings(BaseSettings):
         return validation.Limits(
             max_message_bytes=self.max_message_bytes,
             brands=frozenset(self.brands) if self.brands else None,
+            groups=frozenset(self.brand_groups),
         )
 
     def pii_key_bytes(self) -> bytes:

@@ -53,10 +53,16 @@ class Policy:
     brand_rfm: Mapping[str, RfmPolicy] = field(default_factory=dict)
     dedup_window: int = 16  # recent event ids kept per person to drop repeats
     version: str = "v1"
+    # brand -> the brand groups it belongs to; a group keeps its own (brand = group
+    # name) state of every person across its brands: the cross-brand view.
+    brand_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dedup_window < 1:
             raise ValueError(f"dedup_window must be >= 1, got {self.dedup_window}")
+
+    def groups_of(self, brand: str) -> tuple[str, ...]:
+        return self.brand_groups.get(brand, ())
 
     def rfm_for(self, brand: str) -> RfmPolicy:
         return self.brand_rfm.get(brand, self.rfm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.errors import Reason, Rejected
@@ -9,6 +10,8 @@ from pipeline.events import Identify, Join, Purchase, Refund, Share, Touchpoint,
 from pipeline.pii import PERSONAL_ID_TYPES, is_pseudonymised
 
 MS_PER_DAY = 86_400_000
+# Brand and brand-group names: short slugs (':' separates brand and person in state keys).
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +21,7 @@ class Limits:
     max_future_ms: int = 10 * 60 * 1000  # clock skew allowed for event time ahead of now
     earliest_ms: int = 946_684_800_000  # 2000-01-01: nothing older is a real touchpoint
     brands: frozenset[str] | None = None  # None: any brand slug is accepted
+    groups: frozenset[str] = frozenset()  # brand-group names, never an event's brand
 
 
 def _identities(e: Touchpoint) -> list[tuple[str, UserRef]]:
@@ -49,6 +53,10 @@ def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
         if user.id_type in PERSONAL_ID_TYPES and not is_pseudonymised(user.id):
             # Never echo the value: it is personal data.
             raise Rejected(Reason.RAW_PII, f"{where} of type {user.id_type} is not a keyed hash")
+    if not SLUG.match(e.brand):
+        raise Rejected(Reason.UNKNOWN_BRAND, f"brand {e.brand[:80]!r} is not a slug")
+    if e.brand in limits.groups:
+        raise Rejected(Reason.UNKNOWN_BRAND, f"{e.brand!r} is a brand group, not a brand")
     if limits.brands is not None and e.brand not in limits.brands:
         raise Rejected(Reason.UNKNOWN_BRAND, f"brand {e.brand!r} is not configured")
     if e.occurred_at > now_ms + limits.max_future_ms:

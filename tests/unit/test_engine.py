@@ -281,3 +281,28 @@ def test_the_index_rebuilt_from_stored_states_fires_the_same_changes() -> None:
     assert recovered.backlog == 1
     later = T0 + 100 * DAY
     assert recovered.advance_to(later) == live.advance_to(later) != []
+
+
+def test_a_brand_group_keeps_a_cross_brand_view_of_each_person() -> None:
+    """Two purchases at two sister brands: each brand sees one order, the group two."""
+    policy = replace(
+        POLICY, rules=compile_rules({}), brand_groups={"lumi": ("house",), "mosu": ("house",)}
+    )
+    engine = PartitionEngine(policy, {}, allowed_lateness_ms=0)
+    first = _ev("b1", "pa", EventType.PURCHASE, Purchase("o1", 30_000), T0)
+    second = replace(
+        _ev("b2", "pa", EventType.PURCHASE, Purchase("o2", 40_000), T0 + HOUR), brand="mosu"
+    )
+    engine.on_event(first, "pa", 0)
+    out = engine.on_event(second, "pa", 1)
+    store = engine.store
+    assert store[b"lumi:pa"].agg.lifetime_orders == store[b"mosu:pa"].agg.lifetime_orders == 1
+    house = store[b"house:pa"]
+    assert (house.agg.lifetime_orders, house.agg.lifetime_amount_minor) == (2, 70_000)
+    assert (house.rfm_segment, house.aipl_stage) == ("important_develop", "L")
+    assert [(c.brand, c.dimension, c.to_value) for c in out.changes if c.brand == "house"] == [
+        ("house", "rfm_segment", "important_develop"),
+        ("house", "aipl_stage", "L"),
+        ("house", "lifecycle", "active"),
+    ]
+    assert out.written == [b"mosu:pa", b"house:pa"]

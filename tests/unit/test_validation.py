@@ -191,3 +191,37 @@ def test_accept_applies_the_contract_after_decoding(codecs: Codecs) -> None:
     with pytest.raises(Rejected) as info:
         accept(codecs.encode_event(raw_pii), NOW, codecs, LIMITS)
     assert info.value.reason is Reason.RAW_PII
+
+
+def test_a_brand_must_be_a_slug_and_not_a_brand_group(make_event, hashed_user) -> None:
+    from pipeline.errors import Reason, Rejected
+    from pipeline.events import EventType, Leave
+    from pipeline.validation import Limits, validate
+
+    now = 1_700_000_000_000
+    for brand, limits, message in [
+        ("lumi:kids", Limits(), "is not a slug"),
+        ("house", Limits(groups=frozenset({"house"})), "is a brand group"),
+    ]:
+        event = make_event(EventType.LEAVE, Leave("unfollow"), now, brand=brand)
+        try:
+            validate(event, now, limits)
+        except Rejected as rejected:
+            assert rejected.reason == Reason.UNKNOWN_BRAND and message in rejected.message
+        else:
+            raise AssertionError(f"{brand} was accepted")
+
+
+def test_settings_check_brand_groups() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from pipeline.settings import Settings
+
+    assert Settings(brand_groups={"house": ["lumi", "mosu"]}).policy().groups_of("lumi") == (
+        "house",
+    )
+    with pytest.raises(ValidationError, match="not its own member"):
+        Settings(brand_groups={"house": ["house"]})
+    with pytest.raises(ValidationError, match="is also a brand"):
+        Settings(brands=["lumi", "house"], brand_groups={"house": ["lumi"]})
