@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
 import faust
 from faust.serializers.codecs import Codec
 
+from agents import thresholds
 from pipeline import metrics
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -22,6 +23,7 @@ from pipeline.engine import Outcome, PartitionEngine
 from pipeline.errors import Rejected
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
+from pipeline.rfm import RfmPolicy
 from pipeline.settings import Settings
 
 TABLE_NAME = "person_state"  # Settings.changelog_topic derives the changelog name from it
@@ -82,18 +84,26 @@ class PartitionClocks:
         self._lateness = allowed_lateness_ms
         self._engines: dict[int, PartitionEngine] = {}
         self._partition_of: dict[bytes, int] = {}  # keys written here, by partition
+        self._reassess: dict[int, set[str]] = {}  # partition -> brands whose policy changed
 
     def engine(self, partition: int) -> PartitionEngine:
         engine = self._engines.get(partition)
         if engine is None:
             engine = PartitionEngine(self._policy, self._table, self._lateness)
-            recovered = getattr(self._table.data, "_key_partition", {})  # memory store
-            owners = {**recovered, **self._partition_of}
-            engine.index(
-                (key, state) for key, state in self._table.items() if owners.get(key) == partition
-            )
+            self._index(partition, engine)
             self._engines[partition] = engine
         return engine
+
+    def _owners(self) -> dict[bytes, int]:
+        """Partition of every state this worker holds: recovered ones (Faust's memory
+        store records their changelog partition) and those written here."""
+        return {**getattr(self._table.data, "_key_partition", {}), **self._partition_of}
+
+    def _index(self, partition: int, engine: PartitionEngine) -> None:
+        owners = self._owners()
+        engine.index(
+            (key, state) for key, state in self._table.items() if owners.get(key) == partition
+        )
 
     def written(self, partition: int, outcome: Outcome) -> None:
         for key in outcome.written:
@@ -105,6 +115,23 @@ class PartitionClocks:
 
     def backlog(self) -> int:
         return sum(e.backlog for e in self._engines.values())
+
+    def set_brand_rfm(self, brand: str, rfm: RfmPolicy, partitions: Iterable[int]) -> None:
+        """New thresholds for one brand (quantile scoring). The brand's people in each
+        partition are re-scored on that partition's next event (table writes belong to an
+        event), and due times re-indexed since recency thresholds moved."""
+        self._policy = replace(self._policy, brand_rfm={**self._policy.brand_rfm, brand: rfm})
+        for partition in partitions:
+            self._reassess.setdefault(partition, set()).add(brand)
+        for partition, engine in self._engines.items():
+            engine.policy = self._policy
+            self._index(partition, engine)
+
+    def reassess_pending(self, partition: int, engine: PartitionEngine, out: Outcome) -> None:
+        brands = self._reassess.pop(partition, None)
+        if brands:
+            keys = [k for k, p in self._owners().items() if p == partition]
+            engine.reassess((k for k in keys if k.split(b":", 1)[0].decode() in brands), out)
 
 
 @dataclass
@@ -133,6 +160,11 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     policy = settings.policy()
     limits = settings.limits()
     clocks = PartitionClocks(policy, seg.table, settings.allowed_lateness_ms)
+    thresholds.register(
+        app,
+        settings,
+        lambda brand, rfm: clocks.set_brand_rfm(brand, rfm, range(settings.partitions)),
+    )
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -152,7 +184,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             metrics.event_consumed(tp)
             person_id = person_id_for(tp.user)
             engine = clocks.engine(m.partition)
-            out = engine.on_event(tp, person_id, m.offset)
+            out = Outcome()
+            clocks.reassess_pending(m.partition, engine, out)
+            engine.on_event(tp, person_id, m.offset, out)
             clocks.written(m.partition, out)
             if out.duplicate:
                 metrics.duplicate_dropped()

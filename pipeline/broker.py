@@ -99,6 +99,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # Faust would create the changelog itself; creating it up front lets the sink
         # subscribe before the first worker starts. Compacted: only the latest state counts.
         NewTopic(settings.changelog_topic, n, rf, topic_configs={"cleanup.policy": "compact"}),
+        # Brand RFM thresholds from quantiles (pipeline.thresholds): latest per brand.
+        NewTopic(settings.thresholds_topic, 1, rf, topic_configs={"cleanup.policy": "compact"}),
     ]
 
 

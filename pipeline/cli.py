@@ -154,6 +154,33 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rfm_quantiles(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from sinks import quantiles, store
+    from sinks.rfm_sql import rfm_quantiles_query
+
+    settings = _settings()
+    dsn, db = settings.resolved_clickhouse_dsn(), settings.clickhouse_database
+    client = store.connect(dsn, db)
+
+    async def query(sql: str) -> list[Any]:
+        return list(client.query(sql).result_rows)
+
+    if args.publish:
+        if settings.embedded_broker:
+            sys.exit("touchflow rfm-quantiles: set TOUCHFLOW_KAFKA_BOOTSTRAP to publish")
+        found = asyncio.run(quantiles.refresh(query, settings))
+    else:
+        rows = client.query(rfm_quantiles_query(settings.policy().rfm.window_days)).result_rows
+        found = quantiles.compute(list(rows), settings, 0)
+    for t in found:
+        print(json.dumps({"brand": t.brand, "buyers": t.buyers, **asdict(t.policy)}))
+    if not found:
+        print("no quantile-scored brand with buyers (see rfm_quantile_brands)", file=sys.stderr)
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from pipeline import rebuild_cli
 
@@ -214,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv-map", type=Path, help="YAML: canonical field path -> CSV column")
     p.add_argument("--rejects", type=Path, help="rejected lines (default FILE.rejects.jsonl)")
     p.set_defaults(func=cmd_publish)
+    p = sub.add_parser(
+        "rfm-quantiles", help="RFM thresholds from each brand's buyers (quantile scoring)"
+    )
+    p.add_argument("--publish", action="store_true", help="send them to the workers")
+    p.set_defaults(func=cmd_rfm_quantiles)
     p = sub.add_parser(
         "rebuild", help="replay history under new rules and compare with the live rules"
     )

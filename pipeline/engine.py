@@ -71,6 +71,19 @@ class PartitionEngine:
         for key, s in items:
             self.schedule(key, s)
 
+    def reassess(self, keys: Iterable[bytes], out: Outcome) -> None:
+        """Re-derive the states under `keys` with the current policy (it changed)."""
+        for key in keys:
+            s = self.store.get(key)
+            if s is None:
+                continue
+            brand, person_id = core.split_state_key(key.decode())
+            s, changes = core.reassess(s, brand, person_id, self.policy)
+            self.store[key] = s
+            self.schedule(key, s)
+            out.written.append(key)
+            out.changes += changes
+
     def fire_due(self, now: int, written: list[bytes] | None = None) -> list[core.SegmentChange]:
         """Apply every due time up to `now` (ms); return the changes."""
         changes: list[core.SegmentChange] = []
@@ -90,9 +103,11 @@ class PartitionEngine:
             changes += more
         return changes
 
-    def on_event(self, event: Touchpoint, person_id: str, offset: int = -1) -> Outcome:
+    def on_event(
+        self, event: Touchpoint, person_id: str, offset: int = -1, out: Outcome | None = None
+    ) -> Outcome:
         """Advance the clock to this event, fire what is due, then apply the event."""
-        out = Outcome()
+        out = out if out is not None else Outcome()
         t = event.occurred_at
         if self.max_event_time is None or t > self.max_event_time:
             self.max_event_time = t

@@ -68,7 +68,7 @@ EVENTS_DEAD_LETTERED = Counter(
 )
 DUPLICATES_DROPPED = Counter(
     "touchflow_duplicates_dropped_total",
-    "Redelivered events skipped because the state already holds their effect.",
+    "Events dropped because their event id was already applied for that person.",
     registry=WORKER,
 )
 SEGMENT_CHANGES = Counter(
@@ -108,7 +108,7 @@ PEOPLE_IN_STATE = Gauge(
 )
 DUE_INDEX_BACKLOG = Gauge(
     "touchflow_due_index_backlog",
-    "States whose due time has passed but which have not been advanced yet.",
+    "Entries in the workers' due-time index (people with a time-based change ahead).",
     registry=WORKER,
 )
 

@@ -6,6 +6,7 @@ customer's memory is bounded by the window length in days however long they live
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
@@ -136,3 +137,32 @@ def score(
 def segment(scores: RfmScores, policy: RfmPolicy) -> RfmSegment:
     high = policy.high_score
     return _SEGMENT_BY_HIGH[(scores.r >= high, scores.f >= high, scores.m >= high)]
+
+
+def _ascending(values: list[float], floor: int) -> tuple[int, int, int, int]:
+    """Round up and force strictly ascending (ties are common: most buy once)."""
+    out: list[int] = []
+    for v in values:
+        out.append(max(math.ceil(v), out[-1] + 1 if out else floor))
+    a, b, c, d = out
+    return a, b, c, d
+
+
+def policy_from_quantiles(
+    base: RfmPolicy,
+    recency_q: list[float],
+    orders_q: list[float],
+    amount_q: list[float],
+) -> RfmPolicy:
+    """Thresholds at the 20/40/60/80 % quantiles of a brand's buyers, so scores split
+    them in fifths where ties allow: the most recent fifth scores R5, the top fifth by
+    orders F5 and by amount M5."""
+    if not (len(recency_q) == len(orders_q) == len(amount_q) == 4):
+        raise ValueError("expected four quantiles (20/40/60/80 %) per dimension")
+    return RfmPolicy(
+        window_days=base.window_days,
+        recency_days=_ascending(recency_q, 0),
+        frequency_orders=_ascending(orders_q, 1),
+        monetary_minor=_ascending(amount_q, 1),
+        high_score=base.high_score,
+    )

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     events_topic: str = "touchflow.events"
     changes_topic: str = "touchflow.segment-changes"
     dlq_topic: str = "touchflow.dlq"
+    thresholds_topic: str = "touchflow.rfm-thresholds"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     # Kafka security, for every client (workers, sink, `touchflow topics`); see
@@ -109,6 +110,11 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     # Named in every segment change, so a rebuild with new rules can be told apart.
     policy_version: str = "v1"
+    # Brands scored by quantiles of their own buyers ("*" = every brand) instead of the
+    # fixed thresholds: `touchflow rfm-quantiles --publish` (or the sink, every
+    # rfm_quantiles_every_seconds) computes them in ClickHouse and workers pick them up.
+    rfm_quantile_brands: list[str] = []
+    rfm_quantiles_every_seconds: float = Field(default=0.0, ge=0)
     # Brand groups (group name -> its brands): each group keeps a cross-brand state of
     # every person, under the group's name in place of a brand (rules.brands.<group>
     # and brand_rfm.<group> apply to it).

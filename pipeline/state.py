@@ -445,6 +445,16 @@ def _recompute(
     return new, changes
 
 
+def reassess(
+    state: PersonState, brand: str, person_id: str, policy: Policy
+) -> tuple[PersonState, list[SegmentChange]]:
+    """Segments re-derived under a changed policy (e.g. new RFM thresholds), as of the
+    person's clock. The changes name the policy as their cause."""
+    return _recompute(
+        state, state.agg, brand, person_id, f"policy:{policy.version}", state.as_of, policy
+    )
+
+
 def advance(
     state: PersonState, brand: str, person_id: str, now: int, policy: Policy
 ) -> tuple[PersonState, list[SegmentChange]]:

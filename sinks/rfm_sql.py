@@ -1,5 +1,5 @@
 """RFM computed by ClickHouse from the stored events alone: the batch counterpart of the
-streaming state, used to check it (tests, `touchflow rebuild --check-sql`) and as the
+streaming state, used to check it (tests), to derive quantile thresholds, and as the
 batch baseline in the benchmark.
 
 Same definitions as `pipeline.rfm` and `pipeline.state`: an order counts unless refunds
@@ -13,11 +13,8 @@ from __future__ import annotations
 from pipeline.rfm import MS_PER_DAY, RfmPolicy
 
 
-def rfm_scores_query(policy: RfmPolicy) -> str:
-    """SELECT brand, person_id, r, f, m, window_orders, window_amount, last_purchase_day."""
-    recency = list(policy.recency_days)
-    frequency = list(policy.frequency_orders)
-    monetary = list(policy.monetary_minor)
+def _per_person(window_days: int) -> str:
+    """CTEs ending in `per_person`: recency, window orders and amount of every buyer."""
     return f"""
 WITH
     orders AS (
@@ -39,13 +36,23 @@ WITH
         SELECT o.brand AS brand, o.person_id AS person_id,
             max(o.day) AS last_purchase_day,
             c.today - max(o.day) AS recency,
-            countIf(o.day > c.today - {policy.window_days}) AS window_orders,
-            sumIf(o.paid - o.refunded, o.day > c.today - {policy.window_days}) AS window_amount
+            countIf(o.day > c.today - {window_days}) AS window_orders,
+            sumIf(o.paid - o.refunded, o.day > c.today - {window_days}) AS window_amount
         FROM orders AS o
         INNER JOIN clock AS c ON o.brand = c.brand AND o.person_id = c.person_id
         GROUP BY o.brand, o.person_id, c.today
     )
-SELECT brand, person_id,
+"""
+
+
+def rfm_scores_query(policy: RfmPolicy) -> str:
+    """SELECT brand, person_id, r, f, m, window_orders, window_amount, last_purchase_day."""
+    recency = list(policy.recency_days)
+    frequency = list(policy.frequency_orders)
+    monetary = list(policy.monetary_minor)
+    return (
+        _per_person(policy.window_days)
+        + f"""SELECT brand, person_id,
     5 - arrayCount(t -> t < recency, {recency}) AS r,
     1 + arrayCount(t -> t <= window_orders, {frequency}) AS f,
     1 + arrayCount(t -> t <= window_amount, {monetary}) AS m,
@@ -53,3 +60,23 @@ SELECT brand, person_id,
 FROM per_person
 ORDER BY brand, person_id
 """
+    )
+
+
+QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+
+def rfm_quantiles_query(window_days: int) -> str:
+    """SELECT brand, buyers, recency, orders, amount quantiles (20/40/60/80 %) per brand."""
+    q = ", ".join(map(str, QUANTILES))
+    return (
+        _per_person(window_days)
+        + f"""SELECT brand, count() AS buyers,
+    quantilesExact({q})(recency) AS recency_q,
+    quantilesExact({q})(window_orders) AS orders_q,
+    quantilesExact({q})(window_amount) AS amount_q
+FROM per_person
+GROUP BY brand
+ORDER BY brand
+"""
+    )

@@ -29,7 +29,7 @@ from pipeline.kafka_security import client_options
 from pipeline.schema_registry import registry_for
 from pipeline.settings import Settings
 from pipeline.state import split_state_key
-from sinks import rows, store
+from sinks import quantiles, rows, store
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class ClickHouseSink:
         # chDB is one engine per process and not async: every call goes through one thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
+        self._quantiles: asyncio.Task[None] | None = None  # the thresholds schedule, if on
         self._stop_metrics: Any = None  # stops the /metrics server, if sink_metrics_port
         self._route = {
             settings.events_topic: self._event_rows,
@@ -112,6 +113,8 @@ class ClickHouseSink:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        if s.rfm_quantile_brands and s.rfm_quantiles_every_seconds > 0:
+            self._quantiles = asyncio.create_task(quantiles.refresh_every(self.query, s, stop))
         consumer = AIOKafkaConsumer(
             *self._route,
             bootstrap_servers=self.bootstrap,

@@ -17,7 +17,7 @@ from hypothesis import strategies as hs
 
 from pipeline import rfm
 from pipeline import state as core
-from pipeline.engine import PartitionEngine
+from pipeline.engine import Outcome, PartitionEngine
 from pipeline.events import (
     Chat,
     EventType,
@@ -306,3 +306,19 @@ def test_a_brand_group_keeps_a_cross_brand_view_of_each_person() -> None:
         ("house", "lifecycle", "active"),
     ]
     assert out.written == [b"mosu:pa", b"house:pa"]
+
+
+def test_reassessing_under_new_thresholds_emits_changes_caused_by_the_policy() -> None:
+    policy = replace(POLICY, rules=compile_rules({}))
+    engine = PartitionEngine(policy, {}, allowed_lateness_ms=0)
+    engine.on_event(_ev("b", "pa", EventType.PURCHASE, Purchase("o1", 30_000), T0), "pa")
+    assert engine.store[b"lumi:pa"].rfm_segment == "general_develop"  # M2 < high
+    engine.policy = replace(
+        policy, brand_rfm={"lumi": rfm.RfmPolicy(monetary_minor=(100, 200, 300, 400))}
+    )
+    out = Outcome()
+    engine.reassess([b"lumi:pa", b"lumi:nobody"], out)
+    assert [(c.dimension, c.to_value, c.cause_event_id, c.scores_after.m) for c in out.changes] == [
+        ("rfm_segment", "important_develop", "policy:v1", 5)
+    ]
+    assert out.written == [b"lumi:pa"]

@@ -340,3 +340,23 @@ def test_more_days_never_raise_recency_on_the_same_history(policy: RfmPolicy, da
     assert later.r <= now.r
     assert later.f <= now.f
     assert later.m <= now.m
+
+
+def test_quantile_thresholds_split_buyers_in_fifths_and_stay_strictly_ascending() -> None:
+    from pipeline.rfm import RfmPolicy, policy_from_quantiles, score
+
+    base = RfmPolicy(window_days=90, high_score=4)
+    p = policy_from_quantiles(
+        base, [3.0, 10.5, 30, 60], [1, 1, 2, 4], [9_900, 20_000, 20_000, 150_000.2]
+    )
+    assert (p.window_days, p.high_score) == (90, 4)
+    assert p.recency_days == (3, 11, 30, 60)
+    assert p.frequency_orders == (1, 2, 3, 4)  # ties pushed up one by one
+    assert p.monetary_minor == (9_900, 20_000, 20_001, 150_001)
+    # a buyer at the 80th percentile of amount is in the top fifth
+    top = score(((100, 1, 150_001),), 100, 100, p)
+    assert (top.r, top.m) == (5, 5)
+    import pytest
+
+    with pytest.raises(ValueError, match="four quantiles"):
+        policy_from_quantiles(base, [1, 2], [1, 2, 3, 4], [1, 2, 3, 4])
