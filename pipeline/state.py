@@ -508,3 +508,89 @@ def state_key(brand: str, person_id: str) -> str:
 def split_state_key(key: str) -> tuple[str, str]:
     brand, _, person_id = key.partition(":")
     return brand, person_id
+
+
+# -- merging two people (identity resolution) ----------------------------------------------
+
+
+def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
+    """One person's aggregates from two partial views of them (two channel identities
+    found to be the same customer). Exact, because every aggregate is a sum, min or max;
+    refunds waiting for an order the other view holds are applied."""
+    last, previous = _top_two_days(
+        {a.last_purchase_day, a.previous_purchase_day, b.last_purchase_day,
+         b.previous_purchase_day} - {-1}
+    )  # fmt: skip
+    buckets = a.buckets
+    for day, orders, amount in b.buckets:
+        buckets = rfm.add_purchase(buckets, day, orders, amount)
+    first_days = [d for d in (a.first_purchase_day, b.first_purchase_day) if d >= 0]
+    joins = [x for x in (a, b) if x.acquired_at >= 0]
+    first_join = min(joins, key=lambda x: x.acquired_at) if joins else a
+    merged = Aggregates(
+        first_seen=min(a.first_seen, b.first_seen),
+        last_seen=max(a.last_seen, b.last_seen),
+        engagements=a.engagements + b.engagements,
+        shares=a.shares + b.shares,
+        invitations=a.invitations + b.invitations,
+        lifetime_orders=a.lifetime_orders + b.lifetime_orders,
+        lifetime_amount_minor=a.lifetime_amount_minor + b.lifetime_amount_minor,
+        first_purchase_day=min(first_days) if first_days else -1,
+        last_purchase_day=last,
+        previous_purchase_day=previous,
+        buckets=buckets,
+        recent_orders=tuple(
+            sorted((*a.recent_orders, *b.recent_orders), key=lambda o: (o[1], o[0]))
+        )[-RECENT_ORDERS_KEPT:],
+        last_join=max(a.last_join, b.last_join),
+        last_leave=max(a.last_leave, b.last_leave),
+        acquired_at=first_join.acquired_at,
+        acquisition_channel=first_join.acquisition_channel,
+        acquisition_source=first_join.acquisition_source,
+    )
+    for order_id, amount in (*a.pending_refunds, *b.pending_refunds):
+        refunded = _take_refund(merged, order_id, amount)
+        if refunded is not None:
+            merged = refunded
+        else:
+            waiting = (*merged.pending_refunds, (order_id, amount))
+            merged = replace(merged, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
+    return merged
+
+
+def merge(
+    survivor: PersonState,
+    absorbed: PersonState,
+    brand: str,
+    survivor_id: str,
+    absorbed_id: str,
+    policy: Policy,
+) -> tuple[PersonState, list[SegmentChange]]:
+    """The survivor's state with the absorbed person's folded in, re-derived at the later
+    clock; the changes end with one `identity` change naming the absorbed id."""
+    if absorbed.version == 0:
+        return survivor, []
+    if survivor.version == 0:
+        survivor = replace(survivor, agg=absorbed.agg, as_of=absorbed.as_of)
+        agg = absorbed.agg
+    else:
+        agg = merge_aggregates(survivor.agg, absorbed.agg)
+    cause = f"merge:{absorbed_id}"
+    at = max(survivor.as_of, absorbed.as_of)
+    state, changes = _recompute(survivor, agg, brand, survivor_id, cause, at, policy)
+    recent = (*state.recent_event_ids, *absorbed.recent_event_ids)[-policy.dedup_window :]
+    identity = SegmentChange(
+        brand=brand,
+        person_id=survivor_id,
+        dimension="identity",
+        from_value=absorbed_id,
+        to_value=survivor_id,
+        rule="identity:merged",
+        cause_event_id=cause,
+        event_time=at,
+        seq=state.seq + 1,
+        scores_before=survivor.derived.scores,
+        scores_after=state.derived.scores,
+        policy_version=policy.version,
+    )
+    return replace(state, seq=state.seq + 1, recent_event_ids=recent), [*changes, identity]
