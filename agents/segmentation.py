@@ -15,7 +15,7 @@ from typing import Any
 import faust
 from faust.serializers.codecs import Codec
 
-from agents import thresholds
+from agents import identity, thresholds
 from pipeline import metrics
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -166,27 +166,45 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         lambda brand, rfm: clocks.set_brand_rfm(brand, rfm, range(settings.partitions)),
     )
 
+    async def dead_letter(m: Any, rejected: Rejected) -> None:
+        await seg.dlq.send(key=m.key, value=m.value, headers=dead_letter_headers(m, rejected))
+        metrics.rejected(rejected.reason)
+
+    merges: identity.Merges | None = None
+    source = seg.events
+    if settings.identity_resolution:
+        routing = identity.declare(app, settings)
+        identity.register_resolver(app, settings, codecs, routing, dead_letter)
+        merges = identity.Merges(routing, seg.table, codecs, policy)
+        source = routing.resolved
+
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        clocks.forget(tp.partition for tp in revoked if tp.topic == settings.events_topic)
+        clocks.forget(tp.partition for tp in revoked if tp.topic == source.get_topic_name())
 
     async def segmentation(stream: faust.StreamT) -> None:
         async for event in stream.events():
             m = event.message
-            try:
-                tp = accept(m.value, int(time.time() * 1000), codecs, limits)
-            except Rejected as rejected:
-                await seg.dlq.send(
-                    key=m.key, value=m.value, headers=dead_letter_headers(m, rejected)
-                )
-                metrics.rejected(rejected.reason)
-                continue
-            metrics.event_consumed(tp)
-            person_id = person_id_for(tp.user)
+            kind = identity.header(m, identity.KIND) if merges else None
             engine = clocks.engine(m.partition)
             out = Outcome()
-            clocks.reassess_pending(m.partition, engine, out)
-            engine.on_event(tp, person_id, m.offset, out)
+            if merges is not None and kind == identity.MERGE:
+                await merges.on_merge(m)
+                continue
+            if merges is not None and kind == identity.MERGE_IN:
+                await merges.on_merge_in(m, engine, out)
+            else:
+                try:
+                    tp = accept(m.value, int(time.time() * 1000), codecs, limits)
+                except Rejected as rejected:
+                    await dead_letter(m, rejected)
+                    continue
+                person_id = identity.header(m, identity.PERSON) or person_id_for(tp.user)
+                if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
+                    continue
+                metrics.event_consumed(tp)
+                clocks.reassess_pending(m.partition, engine, out)
+                engine.on_event(tp, person_id, m.offset, out)
             clocks.written(m.partition, out)
             if out.duplicate:
                 metrics.duplicate_dropped()
@@ -199,5 +217,5 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             metrics.people_in_state(len(seg.table))
             metrics.due_index_backlog(clocks.backlog())
 
-    app.agent(seg.events, name="segmentation")(segmentation)
+    app.agent(source, name="segmentation")(segmentation)
     return seg

@@ -96,6 +96,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.events_topic, n, rf),
         NewTopic(settings.changes_topic, n, rf),
         NewTopic(settings.dlq_topic, n, rf),
+        # Identity resolution (agents/identity.py): co-partitioned with the events topic.
+        NewTopic(settings.links_topic, n, rf),
+        NewTopic(settings.resolved_topic, n, rf),
         # Faust would create the changelog itself; creating it up front lets the sink
         # subscribe before the first worker starts. Compacted: only the latest state counts.
         NewTopic(settings.changelog_topic, n, rf, topic_configs={"cleanup.policy": "compact"}),

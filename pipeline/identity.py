@@ -19,3 +19,28 @@ def person_id_for(user: UserRef) -> str:
 def partition_key(user: UserRef) -> bytes:
     """Kafka message key: all of a person's events, for every brand, share one partition."""
     return person_id_for(user).encode()
+
+
+def seed_of(user: UserRef) -> str:
+    """The person id a channel identity starts as, before any link (its own keyed hash)."""
+    return person_id_for(user)
+
+
+def survivor(a: str, b: str) -> str:
+    """Which of two person ids found to be one customer survives: the smaller. Like a
+    union-find with the minimum as representative, the outcome does not depend on the
+    order in which links arrive, so the same events give the same person ids."""
+    return min(a, b)
+
+
+def decide_link(current: str, claimed: str) -> tuple[str, str | None, str | None]:
+    """An identity now resolving to `current` is claimed by person `claimed`.
+
+    Returns (target, absorbed, relink): the identity's new person; the person to merge
+    into it (None if nothing moves); and a person id whose own identity must learn the
+    target too (None if it already has it).
+    """
+    target = survivor(current, claimed)
+    absorbed = current if current != target else None
+    relink = claimed if claimed != target else None
+    return target, absorbed, relink

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     changes_topic: str = "touchflow.segment-changes"
     dlq_topic: str = "touchflow.dlq"
     thresholds_topic: str = "touchflow.rfm-thresholds"
+    # One customer across channels (agents/identity.py): events are re-keyed by person
+    # through these two topics before segmentation. Off: each channel identity is a person.
+    identity_resolution: bool = False
+    links_topic: str = "touchflow.identity-links"
+    resolved_topic: str = "touchflow.resolved"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     # Kafka security, for every client (workers, sink, `touchflow topics`); see

@@ -1,0 +1,185 @@
+"""Identity resolution: one customer across channels (when `identity_resolution` is on).
+
+Two stages, both thin around `pipeline.identity.decide_link` and `pipeline.state.merge`:
+
+1. The *resolver* reads the events topic (keyed by channel identity) and an internal links
+   topic keyed the same way, keeps `identity -> person` in a table, and re-publishes each
+   event to the *resolved* topic keyed by its person. An `identify` event sends a link
+   `(linked identity -> this person)` to each linked identity's partition; a link that
+   joins two people sends a `merge` of the larger id into the smaller.
+2. The segmentation agent reads the resolved topic. A `merge` moves every brand state of
+   the absorbed person to the survivor's partition (`merge-in`), remembers an alias, and
+   emits an `identity` change there. Events or merges still addressed to an absorbed id
+   are forwarded along the alias, and the event's identity is taught the survivor.
+
+Message kinds on the resolved topic are told apart by the `touchflow.kind` header.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import faust
+
+from pipeline import state as core
+from pipeline.codec import Codecs
+from pipeline.engine import Outcome, PartitionEngine
+from pipeline.errors import Rejected
+from pipeline.events import Identify, Touchpoint
+from pipeline.identity import decide_link, seed_of, survivor
+from pipeline.ingest import accept
+from pipeline.settings import Settings
+
+KIND, PERSON = "touchflow.kind", "touchflow.person"
+MERGE_TO, MERGE_FROM, BRAND = "touchflow.merge-to", "touchflow.merge-from", "touchflow.brand"
+EVENT, MERGE, MERGE_IN = "event", "merge", "merge-in"
+
+
+def header(message: Any, name: str) -> str | None:
+    for k, v in message.headers or ():
+        if k == name:
+            return bytes(v).decode()
+    return None
+
+
+@dataclass
+class Routing:
+    links: faust.TopicT
+    resolved: faust.TopicT
+    aliases: faust.Table  # absorbed person id (bytes) -> survivor id (str)
+
+
+def declare(app: faust.App, settings: Settings) -> Routing:
+    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    return Routing(
+        links=app.topic(settings.links_topic, **raw),
+        resolved=app.topic(settings.resolved_topic, **raw),
+        aliases=app.Table("aliases", key_type=bytes, value_type=str),
+    )
+
+
+async def send_event(routing: Routing, person: str, value: bytes) -> None:
+    headers = [(KIND, EVENT.encode()), (PERSON, person.encode())]
+    await routing.resolved.send(key=person.encode(), value=value, headers=headers)
+
+
+async def send_merge(routing: Routing, absorbed: str, target: str) -> None:
+    headers = [(KIND, MERGE.encode()), (MERGE_TO, target.encode())]
+    await routing.resolved.send(key=absorbed.encode(), value=b"", headers=headers)
+
+
+def register_resolver(
+    app: faust.App, settings: Settings, codecs: Codecs, routing: Routing, dead_letter: Any
+) -> None:
+    """Stage 1: events and links in, resolved events and merges out."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    identities = app.Table("identities", key_type=bytes, value_type=str)  # seed -> person
+    limits = settings.limits()
+
+    def person_of(seed: str) -> str:
+        found: str | None = identities.get(seed.encode())
+        return found or seed
+
+    async def on_link(m: Any) -> None:
+        seed, claimed = bytes(m.key).decode(), bytes(m.value).decode()
+        current = person_of(seed)
+        target, absorbed, relink = decide_link(current, claimed)
+        if target != current:
+            identities[seed.encode()] = target
+        if absorbed is not None:
+            await send_merge(routing, absorbed, target)
+        if relink is not None:
+            await routing.links.send(key=relink.encode(), value=target.encode())
+
+    async def on_event(m: Any) -> None:
+        try:
+            tp = accept(m.value, int(time.time() * 1000), codecs, limits)
+        except Rejected as rejected:
+            await dead_letter(m, rejected)
+            return
+        seed = seed_of(tp.user)
+        person = person_of(seed)
+        if isinstance(tp.payload, Identify):
+            for linked in {seed_of(u) for u in tp.payload.identities} - {seed}:
+                await routing.links.send(key=linked.encode(), value=person.encode())
+        await send_event(routing, person, m.value)
+
+    async def resolver(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            m = event.message
+            if m.topic == settings.links_topic:
+                await on_link(m)
+            else:
+                await on_event(m)
+
+    both = app.topic(settings.events_topic, settings.links_topic, **raw)
+    app.agent(both, name="identity-resolver")(resolver)
+
+
+class Merges:
+    """Stage 2 helpers for the segmentation agent: aliases, forwarding, merging states."""
+
+    def __init__(self, routing: Routing, table: Any, codecs: Codecs, policy: core.Policy) -> None:
+        self.routing = routing
+        self.table = table
+        self.codecs = codecs
+        self.policy = policy
+
+    def alias(self, person: str) -> str | None:
+        found: str | None = self.routing.aliases.get(person.encode())
+        return found
+
+    async def forward_if_absorbed(self, m: Any, tp: Touchpoint, person: str) -> bool:
+        """An event for a person merged away goes on to the survivor; its identity learns."""
+        target = self.alias(person)
+        if target is None:
+            return False
+        await send_event(self.routing, target, m.value)
+        await self.routing.links.send(key=seed_of(tp.user).encode(), value=target.encode())
+        return True
+
+    async def on_merge(self, m: Any) -> None:
+        absorbed, target = bytes(m.key).decode(), header(m, MERGE_TO) or ""
+        if not target or absorbed == target:
+            return
+        earlier = self.alias(absorbed)
+        if earlier is not None:  # absorbed before: its two survivors are one person too
+            if earlier != target:
+                keep = survivor(earlier, target)
+                await send_merge(self.routing, earlier if keep == target else target, keep)
+            return
+        self.routing.aliases[absorbed.encode()] = target
+        suffix = b":" + absorbed.encode()
+        for key in [k for k in self.table if bytes(k).endswith(suffix)]:
+            brand, _ = core.split_state_key(bytes(key).decode())
+            headers = [
+                (KIND, MERGE_IN.encode()),
+                (BRAND, brand.encode()),
+                (MERGE_FROM, absorbed.encode()),
+            ]
+            state = self.codecs.encode_state(self.table[key])
+            await self.routing.resolved.send(key=target.encode(), value=state, headers=headers)
+            del self.table[key]
+
+    async def on_merge_in(self, m: Any, engine: PartitionEngine, out: Outcome) -> None:
+        target = bytes(m.key).decode()
+        onward = self.alias(target)
+        if onward is not None:  # the survivor was itself absorbed meanwhile
+            await self.routing.resolved.send(key=onward.encode(), value=m.value, headers=m.headers)
+            return
+        brand, absorbed = header(m, BRAND) or "", header(m, MERGE_FROM) or ""
+        key = core.state_key(brand, target).encode()
+        current = self.table.get(key) or core.PersonState()
+        if current.last_offset >= m.offset:
+            out.redelivered = True
+            return
+        merged, changes = core.merge(
+            current, self.codecs.decode_state(m.value), brand, target, absorbed, self.policy
+        )
+        merged = replace(merged, last_offset=m.offset)
+        self.table[key] = merged
+        engine.schedule(key, merged)
+        out.written.append(key)
+        out.changes += changes
