@@ -88,7 +88,7 @@ async def test_streamed_rfm_equals_sql_over_stored_events(
     sql = rfm_scores_query(settings.policy().rfm)
     expected: list[tuple[object, ...]] = []
 
-    expected = [row[:5] + (row[7],) for row in await sink.query(sql)]
+    expected = [(*row[:5], row[7]) for row in await sink.query(sql)]
     assert expected == await states_settled()
     assert len(expected) >= PEOPLE // 2  # most customers kept at least one order
     assert len({row[2:5] for row in expected}) > 5  # and the scores are varied

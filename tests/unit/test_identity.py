@@ -54,15 +54,15 @@ def test_applying_links_in_any_order_ends_with_each_component_on_its_smallest_id
         table = {n: n for n in ids}  # identity stage: identity (seed) -> person
         alias: dict[str, str] = {}  # state stage: absorbed person -> where its state went
 
-        def chase(p: str) -> str:
+        def chase(p: str, alias: dict[str, str] = alias) -> str:
             while p in alias:
                 p = alias[p]
             return p
 
-        def merge(absorbed: str, target: str) -> None:
-            a, t = chase(absorbed), chase(target)
-            if a != t:
-                alias[max(a, t)] = min(a, t)
+        def merge(absorbed: str, target: str, alias: dict[str, str] = alias) -> None:
+            a, t = chase(absorbed, alias), chase(target, alias)
+            if a != t:  # the state stage keeps the smaller id, as the identity stage does
+                alias[max(a, t)] = survivor(a, t)
 
         queue = [(ids[a], ids[b]) for a, b in order] + [(ids[b], ids[a]) for a, b in order]
         while queue:
