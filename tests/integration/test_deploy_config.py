@@ -47,9 +47,33 @@ EXPECTED_METRICS = [
     "touchflow_sink_rows_total",
     "touchflow_processing_latency_seconds",
     "touchflow_consumer_lag",
+    # Added with the operations work (pipeline/metrics.py):
+    #   touchflow_events_dead_lettered_total  counter    reason
+    #   touchflow_duplicates_dropped_total    counter
+    #   touchflow_emit_latency_seconds        histogram  (Kafka ingest -> change sent)
+    #   touchflow_event_age_seconds           histogram  (event time -> change sent)
+    #   touchflow_people_in_state             gauge
+    #   touchflow_due_index_backlog           gauge
+    #   touchflow_sink_batches_total          counter    table
+    #   touchflow_sink_retries_total          counter    table
+    #   touchflow_sink_batch_seconds          histogram
+    "touchflow_events_dead_lettered_total",
+    "touchflow_duplicates_dropped_total",
+    "touchflow_emit_latency_seconds",
+    "touchflow_event_age_seconds",
+    "touchflow_people_in_state",
+    "touchflow_due_index_backlog",
+    "touchflow_sink_batches_total",
+    "touchflow_sink_retries_total",
+    "touchflow_sink_batch_seconds",
     "up",
 ]
-HISTOGRAMS = {"touchflow_processing_latency_seconds"}
+HISTOGRAMS = {
+    "touchflow_processing_latency_seconds",
+    "touchflow_emit_latency_seconds",
+    "touchflow_event_age_seconds",
+    "touchflow_sink_batch_seconds",
+}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 METRIC_RE = re.compile(r"touchflow_[a-z_]+")
@@ -234,7 +258,9 @@ def balanced(expr: str) -> bool:
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_deploy_yaml_parses(path: Path) -> None:
-    assert isinstance(load_yaml(path), dict), f"{path} is not a YAML mapping"
+    with path.open() as f:
+        docs = list(yaml.safe_load_all(f))  # Kubernetes files may hold several documents
+    assert docs and all(isinstance(d, dict) for d in docs), f"{path} is not YAML mappings"
 
 
 def test_expected_files_exist() -> None:
@@ -247,23 +273,31 @@ def test_expected_files_exist() -> None:
 # -- compose <-> Settings -------------------------------------------------------------------
 
 
-def test_every_touchflow_env_var_is_a_settings_field(services: dict[str, dict[str, Any]]) -> None:
+def settings_field_problem(key: str) -> str | None:
+    """Why the environment variable `key` is not a Settings field (None if it is one)."""
+    if key == "TOUCHFLOW_CONFIG":  # read by Settings itself: the YAML config file
+        return None
     fields = Settings.model_fields
+    path = key.removeprefix("TOUCHFLOW_").lower().split("__")
+    if path[0] not in fields:
+        return f"{key} is not a Settings field"
+    model: Any = fields[path[0]].annotation
+    for part in path[1:]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return f"{key} nests into {path[0]}, which is not a nested model"
+        if part not in model.model_fields:
+            return f"{key}: no field {part!r}"
+        model = model.model_fields[part].annotation
+    return None
+
+
+def test_every_touchflow_env_var_is_a_settings_field(services: dict[str, dict[str, Any]]) -> None:
     seen = 0
     for name, service in services.items():
         for key in touchflow_env(service):
             seen += 1
-            if key == "TOUCHFLOW_CONFIG":  # read by Settings itself: the YAML config file
-                continue
-            path = key.removeprefix("TOUCHFLOW_").lower().split("__")
-            assert path[0] in fields, f"{name}: {key} is not a Settings field"
-            model: Any = fields[path[0]].annotation
-            for part in path[1:]:
-                assert isinstance(model, type) and issubclass(model, BaseModel), (
-                    f"{name}: {key} nests into {path[0]}, which is not a nested model"
-                )
-                assert part in model.model_fields, f"{name}: {key}: no field {part!r}"
-                model = model.model_fields[part].annotation
+            problem = settings_field_problem(key)
+            assert problem is None, f"{name}: {problem}"
     assert seen, "docker-compose.yml sets no TOUCHFLOW_* variables"
 
 
@@ -420,6 +454,19 @@ def test_dashboard_uses_only_expected_metrics() -> None:
     assert {m for m in EXPECTED_METRICS if m.startswith("touchflow_")} <= used
 
 
+def test_code_declares_exactly_the_expected_metrics() -> None:
+    from pipeline import metrics
+
+    declared = {}
+    for registry in (metrics.WORKER, metrics.SINK):
+        for family in registry.collect():
+            name = family.name + ("_total" if family.type == "counter" else "")
+            if name.startswith("touchflow_"):
+                declared[name] = family.type
+    assert set(declared) == {m for m in EXPECTED_METRICS if m.startswith("touchflow_")}
+    assert {n for n, kind in declared.items() if kind == "histogram"} == HISTOGRAMS
+
+
 def test_histogram_suffixes_only_on_histograms() -> None:
     exprs = [r["expr"] for r in alert_rules()] + dashboard_exprs()
     for expr in exprs:
@@ -513,9 +560,14 @@ def test_partitions_from_compose_drive_topic_specs(
         settings.changes_topic,
         settings.dlq_topic,
         settings.changelog_topic,
+        settings.links_topic,
+        settings.resolved_topic,
+        settings.thresholds_topic,
     }
     for topic in specs:
-        assert topic.num_partitions == partitions, topic.name
+        # The thresholds topic is a handful of records keyed by brand: one partition.
+        expected = 1 if topic.name == settings.thresholds_topic else partitions
+        assert topic.num_partitions == expected, topic.name
         assert topic.replication_factor == replication, topic.name
 
     # One broker: no topic can have more replicas, and workers beyond the partition count idle.
