@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from pipeline.codec import Codecs, touchpoint_to_record
+from pipeline.dlq_cli import read_to_end
 from pipeline.events import EventType, Purchase, Share, Touchpoint, UserRef
 from pipeline.pii import pseudonymise
 from pipeline.settings import Settings
-from tests.integration.helpers import PII_KEY, Worker, read_topic, run_cli
+from tests.integration.helpers import PII_KEY, Worker, async_wait_until, read_topic, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -112,26 +113,6 @@ CASES = [
 ]
 
 
-async def _change_causes(settings: Settings, expected: set[str], timeout: float = 60) -> set[str]:
-    """Cause event ids of the segment changes, read until all of `expected` are seen."""
-    consumer = AIOKafkaConsumer(
-        settings.changes_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while not expected <= seen and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                seen |= {CODECS.decode_change(m.value).cause_event_id for m in msgs}
-    finally:
-        await consumer.stop()
-    return seen
-
-
 async def test_every_bad_input_is_dead_lettered_and_the_next_event_still_counts(
     topics: Settings, workers: Callable[[], Worker], tmp_path: Path
 ) -> None:
@@ -157,7 +138,14 @@ async def test_every_bad_input_is_dead_lettered_and_the_next_event_still_counts(
     assert len(dlq) == len(CASES)
     # Every good event changes its new customer's segments; wait until each has.
     goods = {f"good-after-{case.name}" for case in CASES}
-    causes = await _change_causes(settings, goods)
+    causes: set[str] = set()
+
+    async def every_good_event_changed_something() -> bool:
+        records, _ = await read_to_end(settings, settings.changes_topic)
+        causes.update(CODECS.decode_change(r.value).cause_event_id for r in records)
+        return causes >= goods
+
+    await async_wait_until(every_good_event_changed_something, 60, "changes of all good events")
     failures = []
     for case in CASES:
         record = by_value.get(bad[case.name])

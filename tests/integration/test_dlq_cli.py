@@ -8,6 +8,7 @@ what a worker writes (test_bad_input.py lists a real worker's DLQ too).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,8 +42,9 @@ async def _dead_letter(settings: Settings) -> list[tuple[bytes, bytes, Reason]]:
             if i == 3:
                 headers = [(k, v) for k, v in headers if k != "__connect.errors.topic"]
             await producer.send_and_wait(
-                settings.dlq_topic, value, key=key, partition=i % 2, headers=headers
-            )
+                settings.dlq_topic, value, key=key, partition=i % 2, headers=headers,
+                timestamp_ms=int(time.time() * 1000) - 10_000 + i,  # listing order: oldest first
+            )  # fmt: skip
     finally:
         await producer.stop()
     return [(k, v, r) for k, v, r, _, _ in letters]

@@ -41,14 +41,15 @@ def _event(n: int, type_: str, user: tuple[str, str], payload: dict[str, Any]) -
 
 U1 = ("openid", RAW["openid"][0])
 U4 = ("member_id", RAW["member_id"][0])
+UNIONID = {"id_type": "unionid", "id": RAW["unionid"][0]}
+INVITEE = {"id_type": "openid", "id": RAW["invitee"][0]}
 ASYNC_EVENTS = [
-    _event(1, "join", U1, {"kind": "follow", "referrer": {"id_type": "unionid", "id": RAW["unionid"][0]}}),
-    _event(2, "share", U1, {"content_id": "c-1", "invitee": {"id_type": "openid", "id": RAW["invitee"][0]}}),
+    _event(1, "join", U1, {"kind": "follow", "referrer": UNIONID}),
+    _event(2, "share", U1, {"content_id": "c-1", "invitee": INVITEE}),
     _event(3, "purchase", U1, {"order_id": "o-3", "amount_minor": 30_000}),
-    _event(4, "identify", U4, {"identities": [{"id_type": "phone", "id": PHONE},
-                                             {"id_type": "unionid", "id": RAW["unionid"][0]}]}),
+    _event(4, "identify", U4, {"identities": [{"id_type": "phone", "id": PHONE}, UNIONID]}),
     _event(5, "purchase", U4, {"order_id": "o-5", "amount_minor": 50_000}),
-]  # fmt: skip
+]
 SYNC_EVENTS = [
     _event(6, "purchase", ("phone", PHONE), {"order_id": "o-6", "amount_minor": 9_900}),
     _event(7, "purchase", ("external_userid", RAW["external_userid"][0]),
@@ -86,7 +87,7 @@ async def test_raw_ids_never_leave_the_sdk(
         (stored,) = await sink.query(
             "SELECT (SELECT count() FROM events FINAL), (SELECT count() FROM segment_changes FINAL)"
         )
-        return LAST_OF_EACH_PERSON <= causes and stored == (7, len(changes))
+        return causes >= LAST_OF_EACH_PERSON and stored == (7, len(changes))
 
     await async_wait_until(all_processed_and_stored, 90, "every event processed and stored")
     assert worker.alive(), worker.log_tail()
