@@ -34,7 +34,8 @@ from pipeline.settings import Settings
 
 KIND, PERSON = "touchflow.kind", "touchflow.person"
 MERGE_TO, MERGE_FROM, BRAND = "touchflow.merge-to", "touchflow.merge-from", "touchflow.brand"
-EVENT, MERGE, MERGE_IN = "event", "merge", "merge-in"
+INVITEE, AT = "touchflow.invitee", "touchflow.at"
+EVENT, MERGE, MERGE_IN, REFERRAL = "event", "merge", "merge-in", "referral"
 
 
 def header(message: Any, name: str) -> str | None:
@@ -68,6 +69,28 @@ async def send_event(routing: Routing, person: str, value: bytes) -> None:
 async def send_merge(routing: Routing, absorbed: str, target: str) -> None:
     headers = [(KIND, MERGE.encode()), (MERGE_TO, target.encode())]
     await routing.resolved.send(key=absorbed.encode(), value=b"", headers=headers)
+
+
+def referral_headers(brand: str, invitee: str, at: int) -> list[tuple[str, bytes]]:
+    return [
+        (KIND, REFERRAL.encode()),
+        (BRAND, brand.encode()),
+        (INVITEE, invitee.encode()),
+        (AT, str(at).encode()),
+    ]
+
+
+def referral_of(message: Any) -> tuple[str, str, int]:
+    """(brand, invitee, event time) of a referral record."""
+    return (
+        header(message, BRAND) or "",
+        header(message, INVITEE) or "",
+        int(header(message, AT) or 0),
+    )
+
+
+def with_person(headers: Any, person: str) -> list[tuple[str, bytes]]:
+    return [(k, v) for k, v in headers or () if k != PERSON] + [(PERSON, person.encode())]
 
 
 def register_resolver(
@@ -106,16 +129,23 @@ def register_resolver(
                 await routing.links.send(key=linked.encode(), value=person.encode())
         await send_event(routing, person, m.value)
 
+    async def on_referral(m: Any) -> None:
+        person = person_of(bytes(m.key).decode())
+        headers = with_person(m.headers, person)
+        await routing.resolved.send(key=person.encode(), value=b"", headers=headers)
+
     async def resolver(stream: faust.StreamT) -> None:
         async for event in stream.events():
             m = event.message
             if m.topic == settings.links_topic:
                 await on_link(m)
+            elif m.topic == settings.referrals_topic:
+                await on_referral(m)
             else:
                 await on_event(m)
 
-    both = app.topic(settings.events_topic, settings.links_topic, **raw)
-    app.agent(both, name="identity-resolver")(resolver)
+    inputs = (settings.events_topic, settings.links_topic, settings.referrals_topic)
+    app.agent(app.topic(*inputs, **raw), name="identity-resolver")(resolver)
 
 
 class Merges:
@@ -162,6 +192,14 @@ class Merges:
             state = self.codecs.encode_state(self.table[key])
             await self.routing.resolved.send(key=target.encode(), value=state, headers=headers)
             del self.table[key]
+
+    async def forward_referral_if_absorbed(self, m: Any, person: str) -> bool:
+        target = self.alias(person)
+        if target is None:
+            return False
+        headers = with_person(m.headers, target)
+        await self.routing.resolved.send(key=target.encode(), value=b"", headers=headers)
+        return True
 
     async def on_merge_in(self, m: Any, engine: PartitionEngine, out: Outcome) -> None:
         target = bytes(m.key).decode()

@@ -170,8 +170,11 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         await seg.dlq.send(key=m.key, value=m.value, headers=dead_letter_headers(m, rejected))
         metrics.rejected(rejected.reason)
 
+    referrals = app.topic(settings.referrals_topic, **raw)
+    internal = {settings.referrals_topic, settings.resolved_topic}  # never the events topic
     merges: identity.Merges | None = None
-    source = seg.events
+    # Events and the referral credits for people of the same partition, co-partitioned.
+    source = app.topic(settings.events_topic, settings.referrals_topic, **raw)
     if settings.identity_resolution:
         routing = identity.declare(app, settings)
         identity.register_resolver(app, settings, codecs, routing, dead_letter)
@@ -180,12 +183,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        clocks.forget(tp.partition for tp in revoked if tp.topic == source.get_topic_name())
+        clocks.forget(tp.partition for tp in revoked if tp.topic in source.topics)
 
     async def segmentation(stream: faust.StreamT) -> None:
         async for event in stream.events():
             m = event.message
-            kind = identity.header(m, identity.KIND) if merges else None
+            kind = identity.header(m, identity.KIND)
             engine = clocks.engine(m.partition)
             out = Outcome()
             if merges is not None and kind == identity.MERGE:
@@ -193,6 +196,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 continue
             if merges is not None and kind == identity.MERGE_IN:
                 await merges.on_merge_in(m, engine, out)
+            elif kind == identity.REFERRAL and m.topic in internal:
+                person = identity.header(m, identity.PERSON) or bytes(m.key).decode()
+                if merges is not None and await merges.forward_referral_if_absorbed(m, person):
+                    continue
+                brand, invitee, at = identity.referral_of(m)
+                engine.on_referral(brand, person, invitee, at, out)
             else:
                 try:
                     tp = accept(m.value, int(time.time() * 1000), codecs, limits)
@@ -206,6 +215,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 clocks.reassess_pending(m.partition, engine, out)
                 engine.on_event(tp, person_id, m.offset, out)
             clocks.written(m.partition, out)
+            for brand, referrer, invitee, at in out.referrals:
+                headers = identity.referral_headers(brand, invitee, at)
+                await referrals.send(key=referrer.encode(), value=b"", headers=headers)
             if out.duplicate:
                 metrics.duplicate_dropped()
             for change in out.changes:

@@ -99,6 +99,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # Identity resolution (agents/identity.py): co-partitioned with the events topic.
         NewTopic(settings.links_topic, n, rf),
         NewTopic(settings.resolved_topic, n, rf),
+        # Referral conversions, keyed by referrer: co-partitioned with the events topic.
+        NewTopic(settings.referrals_topic, n, rf),
         # Faust would create the changelog itself; creating it up front lets the sink
         # subscribe before the first worker starts. Compacted: only the latest state counts.
         NewTopic(settings.changelog_topic, n, rf, topic_configs={"cleanup.policy": "compact"}),

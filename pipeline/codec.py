@@ -300,6 +300,9 @@ def state_to_record(s: PersonState) -> dict[str, Any]:
         "acquired_at": a.acquired_at,
         "acquisition_channel": a.acquisition_channel,
         "acquisition_source": a.acquisition_source,
+        "referred_by": a.referred_by,
+        "referred_at": a.referred_at,
+        "converted_invitees": a.converted_invitees,
         "r": d.scores.r,
         "f": d.scores.f,
         "m": d.scores.m,
@@ -338,6 +341,9 @@ def state_from_record(r: dict[str, Any]) -> PersonState:
         acquired_at=r["acquired_at"],
         acquisition_channel=r["acquisition_channel"],
         acquisition_source=r["acquisition_source"],
+        referred_by=r["referred_by"],
+        referred_at=r["referred_at"],
+        converted_invitees=r["converted_invitees"],
     )
     derived = Derived(
         scores=Scores(r["r"], r["f"], r["m"]),

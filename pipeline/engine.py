@@ -30,10 +30,13 @@ Store = MutableMapping[bytes, core.PersonState]
 class Outcome:
     """What processing one event did, for the adapter's metrics and sends."""
 
-    __slots__ = ("changes", "duplicate", "late", "redelivered", "written")
+    __slots__ = ("changes", "duplicate", "late", "redelivered", "referrals", "written")
 
     def __init__(self) -> None:
         self.changes: list[core.SegmentChange] = []
+        # (brand, referrer, invitee, event time): conversions to credit in the referrer's
+        # partition (the adapter sends them there)
+        self.referrals: list[tuple[str, str, str, int]] = []
         self.written: list[bytes] = []  # state keys stored (the event's, and due ones)
         self.duplicate = False  # event id seen recently for this person: dropped
         self.redelivered = False  # offset already applied (restart): skipped
@@ -117,11 +120,13 @@ class PartitionEngine:
         out.changes += self.fire_due(wm, out.written)
         # The brand's own view, then each brand group's (cross-brand) view of the person.
         for brand in (event.brand, *self.policy.groups_of(event.brand)):
-            view = event if brand == event.brand else replace(event, brand=brand)
-            self._apply(view, person_id, offset, out)
+            own = brand == event.brand
+            self._apply(event if own else replace(event, brand=brand), person_id, offset, out, own)
         return out
 
-    def _apply(self, event: Touchpoint, person_id: str, offset: int, out: Outcome) -> None:
+    def _apply(
+        self, event: Touchpoint, person_id: str, offset: int, out: Outcome, own_brand: bool
+    ) -> None:
         key = core.state_key(event.brand, person_id).encode()
         old = self.store.get(key)
         if old is not None and 0 <= offset <= old.last_offset:
@@ -131,6 +136,23 @@ class PartitionEngine:
             out.duplicate = True
             return
         new, changes = core.apply(old, event, person_id, self.policy, offset)
+        self.store[key] = new
+        self.schedule(key, new)
+        out.written.append(key)
+        out.changes += changes
+        referrer = core.referral_conversion(old, new, event, self.policy)
+        if referrer is not None and own_brand:  # groups see the same referral already
+            out.referrals.append((event.brand, referrer, person_id, event.occurred_at))
+
+    def on_referral(self, brand: str, referrer: str, invitee: str, at: int, out: Outcome) -> None:
+        """Credit a converted invitee to a referrer whose state lives in this partition.
+        A repeat (redelivery) is recognised by the invitee, among the recent ids."""
+        key = core.state_key(brand, referrer).encode()
+        old = self.store.get(key)
+        if old is not None and core.referral_id(invitee) in old.recent_event_ids:
+            out.duplicate = True
+            return
+        new, changes = core.apply_referral(old, brand, referrer, invitee, at, self.policy)
         self.store[key] = new
         self.schedule(key, new)
         out.written.append(key)

@@ -43,6 +43,7 @@ FACT_TYPES: dict[str, type] = {
     "engagements": int,
     "shares": int,
     "invitations": int,
+    "converted_invitees": int,
     "days_since_last_purchase": int,
     "days_since_first_seen": int,
     "subscribed": bool,
@@ -257,7 +258,11 @@ DEFAULT_RULES: dict[str, Any] = {
             {"name": "new_customer", "when": {"lifetime_orders": {"eq": 0}}},
             {"name": "repeat_buyer", "when": {"lifetime_orders": {"gte": 2}}},
             {"name": "vip", "when": {"window_amount_minor": {"gte": 300_000}}},
-            {"name": "koc", "when": {"all": [{"shares": {"gte": 3}}, {"invitations": {"gte": 1}}]}},
+            # Key opinion consumer: shares a lot, and someone they referred bought.
+            {
+                "name": "koc",
+                "when": {"all": [{"shares": {"gte": 3}}, {"converted_invitees": {"gte": 1}}]},
+            },
             {"name": "unsubscribed", "when": {"subscribed": {"eq": False}}},
         ],
         "layers": [

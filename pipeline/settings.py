@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # through these two topics before segmentation. Off: each channel identity is a person.
     identity_resolution: bool = False
     links_topic: str = "touchflow.identity-links"
+    # Internal: a referred customer's first purchase, sent to the referrer's partition.
+    referrals_topic: str = "touchflow.referrals"
     resolved_topic: str = "touchflow.resolved"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)

@@ -27,6 +27,7 @@ from typing import Any
 from pipeline import lifecycle as lc
 from pipeline import rfm, rules, stages
 from pipeline.events import Chat, EventType, Join, Leave, Purchase, Refund, Share, Touchpoint
+from pipeline.identity import seed_of
 from pipeline.rfm import RfmPolicy
 
 # Refunds look up the order they undo among the customer's most recent orders only,
@@ -53,6 +54,9 @@ class Policy:
     brand_rfm: Mapping[str, RfmPolicy] = field(default_factory=dict)
     dedup_window: int = 16  # recent event ids kept per person to drop repeats
     version: str = "v1"
+    # A referred person's first purchase within this many days of joining converts them:
+    # their referrer's `converted_invitees` grows (the KOC rule's fact).
+    referral_window_days: int = 30
     # brand -> the brand groups it belongs to; a group keeps its own (brand = group
     # name) state of every person across its brands: the cross-brand view.
     brand_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -102,6 +106,9 @@ class Aggregates:
     acquired_at: int = -1  # ms of the earliest join, -1 none
     acquisition_channel: str | None = None
     acquisition_source: str | None = None
+    referred_by: str | None = None  # person id of the referrer of the earliest referred join
+    referred_at: int = -1  # ms of that join
+    converted_invitees: int = 0  # people this person referred who bought in the window
 
     def purchase_history(self) -> lc.PurchaseHistory | None:
         if self.lifetime_orders <= 0 or self.last_purchase_day < 0:
@@ -281,6 +288,8 @@ def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Join)
     a = replace(a, last_join=max(a.last_join, e.occurred_at))
+    if p.referrer is not None and (a.referred_at < 0 or e.occurred_at < a.referred_at):
+        a = replace(a, referred_by=seed_of(p.referrer), referred_at=e.occurred_at)
     if a.acquired_at < 0 or e.occurred_at < a.acquired_at:  # the earliest join acquired them
         a = replace(
             a,
@@ -323,6 +332,7 @@ def facts(a: Aggregates, d: Derived, today: int, window: rfm.RfmScores | None) -
         "engagements": a.engagements,
         "shares": a.shares,
         "invitations": a.invitations,
+        "converted_invitees": a.converted_invitees,
         "days_since_last_purchase": (
             today - a.last_purchase_day if a.last_purchase_day >= 0 else None
         ),
@@ -510,6 +520,51 @@ def split_state_key(key: str) -> tuple[str, str]:
     return brand, person_id
 
 
+# -- referrals (a referred person's first purchase counts for their referrer) ---------------
+
+
+def referral_conversion(
+    before: PersonState | None, after: PersonState, event: Touchpoint, policy: Policy
+) -> str | None:
+    """The referrer to credit when `event` was this person's first purchase within the
+    referral window of their referred join; None otherwise."""
+    a = after.agg
+    first_purchase = (before is None or before.agg.first_purchase_day < 0) and (
+        a.first_purchase_day >= 0 and event.type == EventType.PURCHASE
+    )
+    if not first_purchase or a.referred_by is None:
+        return None
+    window = policy.referral_window_days * rfm.MS_PER_DAY
+    if not a.referred_at <= event.occurred_at <= a.referred_at + window:
+        return None
+    return a.referred_by
+
+
+def referral_id(invitee: str) -> str:
+    """The id a referral credit goes by: its cause, and its entry among recent event ids
+    (so a repeated credit for the same invitee is dropped like a repeated event)."""
+    return f"referral:{invitee}"
+
+
+def apply_referral(
+    state: PersonState | None,
+    brand: str,
+    person_id: str,
+    invitee: str,
+    at: int,
+    policy: Policy,
+) -> tuple[PersonState, list[SegmentChange]]:
+    """Credit a converted invitee to their referrer (cause `referral:<invitee>`)."""
+    if state is None:
+        state = PersonState(as_of=at, agg=Aggregates(first_seen=at, last_seen=at))
+    state, changes = advance(state, brand, person_id, at, policy)
+    agg = replace(state.agg, converted_invitees=state.agg.converted_invitees + 1)
+    cause = referral_id(invitee)
+    state, more = _recompute(state, agg, brand, person_id, cause, at, policy)
+    recent = (*state.recent_event_ids, cause)[-policy.dedup_window :]
+    return replace(state, recent_event_ids=recent), changes + more
+
+
 # -- merging two people (identity resolution) ----------------------------------------------
 
 
@@ -527,6 +582,8 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
     first_days = [d for d in (a.first_purchase_day, b.first_purchase_day) if d >= 0]
     joins = [x for x in (a, b) if x.acquired_at >= 0]
     first_join = min(joins, key=lambda x: x.acquired_at) if joins else a
+    referrals = [x for x in (a, b) if x.referred_at >= 0]
+    referred = min(referrals, key=lambda x: x.referred_at) if referrals else a
     merged = Aggregates(
         first_seen=min(a.first_seen, b.first_seen),
         last_seen=max(a.last_seen, b.last_seen),
@@ -547,6 +604,9 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
         acquired_at=first_join.acquired_at,
         acquisition_channel=first_join.acquisition_channel,
         acquisition_source=first_join.acquisition_source,
+        referred_by=referred.referred_by,
+        referred_at=referred.referred_at,
+        converted_invitees=a.converted_invitees + b.converted_invitees,
     )
     for order_id, amount in (*a.pending_refunds, *b.pending_refunds):
         refunded = _take_refund(merged, order_id, amount)

@@ -562,6 +562,7 @@ def test_partitions_from_compose_drive_topic_specs(
         settings.changelog_topic,
         settings.links_topic,
         settings.resolved_topic,
+        settings.referrals_topic,
         settings.thresholds_topic,
     }
     for topic in specs:

@@ -133,6 +133,9 @@ STATES = [
             acquired_at=AT - 10**9,
             acquisition_channel="wecom",
             acquisition_source="live_stream",
+            referred_by="p0011223344556677",
+            referred_at=AT - 10**9,
+            converted_invitees=2,
         ),
         derived=Derived(
             scores=Scores(5, 2, 3),

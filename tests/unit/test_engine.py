@@ -28,6 +28,7 @@ from pipeline.events import (
     Touchpoint,
     UserRef,
 )
+from pipeline.identity import seed_of
 from pipeline.rules import compile_rules
 
 DAY = rfm.MS_PER_DAY
@@ -322,3 +323,38 @@ def test_reassessing_under_new_thresholds_emits_changes_caused_by_the_policy() -
         ("rfm_segment", "important_develop", "policy:v1", 5)
     ]
     assert out.written == [b"lumi:pa"]
+
+
+def test_a_referred_first_purchase_credits_the_referrer_and_makes_a_koc() -> None:
+    engine = PartitionEngine(POLICY, {}, allowed_lateness_ms=0)
+    sharer = _ev("s0", "ps", EventType.SHARE, Share("c"), T0).user
+    for i in range(3):
+        engine.on_event(_ev(f"s{i}", "ps", EventType.SHARE, Share("c"), T0 + i), "ps")
+    join = _ev("j", "pi", EventType.JOIN, Join("follow", "referral", sharer), T0 + HOUR)
+    engine.on_event(join, "pi")
+    late = _ev("j2", "pl", EventType.JOIN, Join("follow", "referral", sharer), T0 + HOUR)
+    engine.on_event(late, "pl")
+    buy = engine.on_event(_ev("b", "pi", EventType.PURCHASE, Purchase("o", 100), T0 + DAY), "pi")
+    again = engine.on_event(
+        _ev("b2", "pi", EventType.PURCHASE, Purchase("o2", 100), T0 + 2 * DAY), "pi"
+    )
+    too_late = engine.on_event(
+        _ev("b3", "pl", EventType.PURCHASE, Purchase("o3", 100), T0 + 31 * DAY), "pl"
+    )
+    referrer = seed_of(sharer)
+    assert buy.referrals == [("lumi", referrer, "pi", T0 + DAY)]
+    assert again.referrals == [] and too_late.referrals == []
+
+    # The credit, where the referrer's state lives (here: a state keyed by the seed id).
+    engine.on_event(_ev("s9", "x", EventType.SHARE, Share("c"), T0), referrer)
+    engine.store[f"lumi:{referrer}".encode()] = replace(
+        engine.store[f"lumi:{referrer}".encode()],
+        agg=replace(engine.store[f"lumi:{referrer}".encode()].agg, shares=3),
+    )
+    out = Outcome()
+    engine.on_referral("lumi", referrer, "pi", T0 + DAY, out)
+    koc = [c for c in out.changes if c.dimension == "tag" and c.to_value == "koc"]
+    assert [(c.cause_event_id, c.event_time) for c in koc] == [("referral:pi", T0 + DAY)]
+    replayed = Outcome()
+    engine.on_referral("lumi", referrer, "pi", T0 + DAY, replayed)
+    assert replayed.duplicate and replayed.changes == []

@@ -1,0 +1,74 @@
+"""KOC on the real stack: a sharer whose invitee makes a first purchase within 30 days of
+joining gets the `koc` tag, credited in the sharer's own partition — with and without
+identity resolution."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from pipeline.events import EventType, Join, Purchase, Share, Touchpoint, UserRef
+from pipeline.identity import partition_key, seed_of
+from pipeline.settings import Settings
+from sinks.writer import ClickHouseSink
+from tests.integration.helpers import async_wait_until, publish
+
+pytestmark = pytest.mark.integration
+
+
+def _two_partitions(partitions: int) -> tuple[UserRef, UserRef]:
+    part = DefaultPartitioner()
+    ids = list(range(partitions))
+    sharer = UserRef("unionid", "h1:" + "5" * 32)
+    home = part(partition_key(sharer), ids, ids)
+    for n in range(100):
+        invitee = UserRef("openid", f"h1:{n:032x}")
+        if part(partition_key(invitee), ids, ids) != home:
+            return sharer, invitee
+    raise AssertionError("no invitee on another partition")
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "identity-resolution"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"identity_resolution": request.param})
+
+
+async def test_an_invitees_first_purchase_makes_the_sharer_a_koc(
+    settings: Settings, sink: ClickHouseSink, workers
+) -> None:
+    sharer, invitee = _two_partitions(settings.partitions)
+    now = int(time.time() * 1000) - 10 * 86_400_000
+
+    def ev(eid: str, user: UserRef, etype: EventType, at: int, payload: object) -> Touchpoint:
+        return Touchpoint(eid, etype, "lumi", "wechat_oa", user, at, payload)  # type: ignore[arg-type]
+
+    workers()
+    await publish(
+        settings,
+        [
+            *(
+                ev(f"s{i}", sharer, EventType.SHARE, now + i, Share("live-1", invitee))
+                for i in range(3)
+            ),
+            ev("join", invitee, EventType.JOIN, now + 60_000, Join("follow", "referral", sharer)),
+            ev("buy", invitee, EventType.PURCHASE, now + 86_400_000, Purchase("o1", 9_900)),
+        ],
+    )
+
+    async def koc() -> bool:
+        rows = await sink.query(
+            "SELECT cause_event_id FROM segment_changes FINAL"
+            " WHERE person_id = {p:String} AND dimension = 'tag' AND to_value = 'koc'",
+            {"p": seed_of(sharer)},
+        )
+        return rows == [(f"referral:{seed_of(invitee)}",)]
+
+    await async_wait_until(koc, 90, "the sharer tagged koc by the invitee's purchase")
+    state = await sink.query(
+        "SELECT shares, invitations, has(tags, 'koc') FROM person_state FINAL"
+        " WHERE person_id = {p:String}",
+        {"p": seed_of(sharer)},
+    )
+    assert state == [(3, 3, 1)]
