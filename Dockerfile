@@ -56,8 +56,9 @@ COPY --from=build /app /app
 WORKDIR /app
 USER touchflow:touchflow
 
-# Faust web server (`touchflow worker`, Settings.web_port).
-EXPOSE 6066
+# Faust web server (`touchflow worker`, Settings.web_port: /metrics, /healthz, /readyz) and
+# the sink's /metrics (`touchflow sink`, Settings.sink_metrics_port as set in deploy/).
+EXPOSE 6066 9108
 
 # Fail the build early if the install does not resolve the schemas next to the packages.
 RUN python -c "import pipeline.codec as c; assert (c.SCHEMAS_DIR / 'registry.json').is_file(), c.SCHEMAS_DIR"
