@@ -220,6 +220,10 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 await referrals.send(key=referrer.encode(), value=b"", headers=headers)
             if out.duplicate:
                 metrics.duplicate_dropped()
+            if out.late:
+                metrics.late_event()
+            if out.redelivered:
+                metrics.redelivered_skipped()
             for change in out.changes:
                 await seg.changes.send(
                     key=change.person_id.encode(), value=codecs.encode_change(change)

@@ -71,6 +71,16 @@ DUPLICATES_DROPPED = Counter(
     "Events dropped because their event id was already applied for that person.",
     registry=WORKER,
 )
+LATE_EVENTS = Counter(
+    "touchflow_late_events_total",
+    "Events older than their partition's watermark (applied, scored at the newer clock).",
+    registry=WORKER,
+)
+REDELIVERED_SKIPPED = Counter(
+    "touchflow_redelivered_skipped_total",
+    "Records at or below a state's last applied offset (redelivered after a restart).",
+    registry=WORKER,
+)
 SEGMENT_CHANGES = Counter(
     "touchflow_segment_changes_total",
     "Segment changes sent, by dimension and the values it moved between.",
@@ -238,6 +248,14 @@ def dead_lettered(reason: Reason) -> None:
 
 def duplicate_dropped() -> None:
     DUPLICATES_DROPPED.inc()
+
+
+def late_event() -> None:
+    LATE_EVENTS.inc()
+
+
+def redelivered_skipped() -> None:
+    REDELIVERED_SKIPPED.inc()
 
 
 def segment_change(

@@ -66,6 +66,9 @@ EXPECTED_METRICS = [
     "touchflow_sink_batches_total",
     "touchflow_sink_retries_total",
     "touchflow_sink_batch_seconds",
+    # Added with the segmentation engine (agents/segmentation.py):
+    "touchflow_late_events_total",
+    "touchflow_redelivered_skipped_total",
     "up",
 ]
 HISTOGRAMS = {
