@@ -1,10 +1,12 @@
 """Synthetic private-domain traffic for the demo and benchmarks: realistic enough to move
 segments, deterministic for a seed. No I/O: it returns Touchpoints.
 
-Each simulated customer arrives on one channel, then chats, shares and buys at their own
-propensity; some go quiet for good. Users are drawn with Zipf-like weights (a few heavy
-customers, a long tail). Raw ids are pseudonymised here, at the edge, like a channel
-service would with the SDK.
+Each simulated customer arrives on one channel (some referred by an existing customer),
+then chats, shares (sometimes naming an invitee) and buys at their own propensity; some
+turn up on a second channel and an identify event links the two identities; some go
+quiet for good. Users are drawn with Zipf-like weights (a few heavy customers, a long
+tail). Raw ids are pseudonymised here, at the edge, like a channel service would with the
+SDK.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from pipeline.events import Chat, EventType, Join, Payload, Purchase, Share, Touchpoint, UserRef
+from pipeline.events import (
+    Chat,
+    EventType,
+    Identify,
+    Join,
+    Payload,
+    Purchase,
+    Share,
+    Touchpoint,
+    UserRef,
+)
 from pipeline.pii import pseudonymise
 
 DEMO_BRANDS = ("lumi", "mosu", "tideway")
@@ -48,12 +60,14 @@ class TrafficGenerator:
         brands: tuple[str, ...] = DEMO_BRANDS,
         new_customer_share: float = 0.08,
         churn_share: float = 0.002,
+        second_channel_share: float = 0.01,
     ) -> None:
         self._rng = random.Random(seed)
         self._key = pii_key
         self._brands = brands
         self._new_share = new_customer_share
         self._churn_share = churn_share
+        self._second_share = second_channel_share
         self._customers: list[_Customer] = []
         self._weights: list[float] = []
         self._serial = 0
@@ -78,11 +92,25 @@ class TrafficGenerator:
             buy_p=rng.choice((0.02, 0.05, 0.1, 0.2, 0.35)),
             basket_minor=rng.choice((4_900, 9_900, 19_900, 39_900, 89_900)),
         )
+        source = rng.choice(SOURCES)
+        same_brand = [o for o in self._customers if o.brand == c.brand]
+        referrer = rng.choice(same_brand).user if source == "referral" and same_brand else None
         self._customers.append(c)
         self._weights.append(c.weight)
         kind = {"wecom": "add_friend", "community": "join_group", "store": "register"}
-        join = Join(kind.get(channel, "follow"), source=rng.choice(SOURCES))
+        join = Join(kind.get(channel, "follow"), source=source, referrer=referrer)
         return c, self._event(c, EventType.JOIN, join, at_ms)
+
+    def _second_channel(self, c: _Customer, at_ms: int) -> Touchpoint:
+        """The customer shows up on another channel, which links the two identities (e.g.
+        a store membership registered with the phone number the customer also uses online)."""
+        rng = self._rng
+        channel = rng.choice([ch for ch in self._channels if ch != c.channel])
+        id_type = CHANNELS[channel][1]
+        raw_id = f"{channel}-{id_type}-second-{self._serial:07d}-{rng.getrandbits(32):08x}"
+        other = UserRef(id_type, pseudonymise(id_type, raw_id, self._key))
+        link = _Customer(c.brand, channel, other, 0.0, c.buy_p, c.basket_minor)
+        return self._event(link, EventType.IDENTIFY, Identify((c.user,)), at_ms)
 
     def _event(self, c: _Customer, t: EventType, payload: Payload, at_ms: int) -> Touchpoint:
         self._serial += 1
@@ -116,7 +144,11 @@ class TrafficGenerator:
             )
             return self._event(c, EventType.PURCHASE, purchase, at_ms)
         if roll < c.buy_p + 0.1:
-            return self._event(c, EventType.SHARE, Share(f"content-{rng.randint(1, 40)}"), at_ms)
+            invitee = rng.choice(self._customers).user if rng.random() < 0.3 else None
+            share = Share(f"content-{rng.randint(1, 40)}", invitee)
+            return self._event(c, EventType.SHARE, share, at_ms)
+        if roll < c.buy_p + 0.1 + self._second_share:
+            return self._second_channel(c, at_ms)
         direction = rng.choice(("inbound", "outbound"))
         party = "customer" if direction == "inbound" else rng.choice(("staff", "bot"))
         return self._event(c, EventType.CHAT, Chat(direction, party), at_ms)

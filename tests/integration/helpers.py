@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.broker import free_port
 from pipeline.codec import Codecs
@@ -140,3 +142,41 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# -- scraping /metrics ---------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def by_labels(samples: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
+    """Non-zero samples of `name` summed by the values of `keys` (like PromQL `sum by`)."""
+    out: dict[tuple[str, ...], float] = {}
+    for (n, labels), v in samples.items():
+        if n == name and v:
+            d = dict(labels)
+            key = tuple(d[k] for k in keys)
+            out[key] = out.get(key, 0.0) + v
+    return out
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+def web_port(worker: Worker) -> int:
+    """The worker's web port, from the config file the test helper wrote for it."""
+    return int(yaml.safe_load(worker.log.with_suffix(".yaml").read_text())["web_port"])

@@ -22,7 +22,17 @@ from pipeline.dlq_cli import read_to_end
 from pipeline.events import EventType, Purchase, Share, Touchpoint, UserRef
 from pipeline.pii import pseudonymise
 from pipeline.settings import Settings
-from tests.integration.helpers import PII_KEY, Worker, async_wait_until, read_topic, run_cli
+from tests.integration.helpers import (
+    PII_KEY,
+    Worker,
+    async_wait_until,
+    by_labels,
+    get,
+    parse,
+    read_topic,
+    run_cli,
+    web_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +182,16 @@ async def test_every_bad_input_is_dead_lettered_and_the_next_event_still_counts(
         if f"good-after-{case.name}" not in causes:
             failures.append(f"{case.name}: the good event after it made no segment changes")
     assert not failures, "\n".join(failures)
+
+    # The worker counted each rejection by its reason (scraped from its /metrics).
+    expected_counts: dict[tuple[str, ...], float] = {}
+    for case in CASES:
+        expected_counts[(case.reason,)] = expected_counts.get((case.reason,), 0.0) + 1
+    status, text = await get(f"http://127.0.0.1:{web_port(worker)}/metrics")
+    assert status == 200
+    samples = parse(text)
+    assert by_labels(samples, "touchflow_events_rejected_total", "reason") == expected_counts
+    assert by_labels(samples, "touchflow_events_dead_lettered_total", "reason") == expected_counts
 
     # The operator's view of the same DLQ, through the real command.
     listed = run_cli(settings, tmp_path / "cli.yaml", "dlq", "--format", "json", "--limit", "100")

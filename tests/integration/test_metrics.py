@@ -14,8 +14,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.broker import free_port
 from pipeline.codec import Codecs
@@ -24,12 +22,22 @@ from pipeline.pii import pseudonymise
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
 from tests.integration import test_deploy_config as deploy
-from tests.integration.helpers import PII_KEY, Worker, async_wait_until, publish, read_topic
+from tests.integration.helpers import (
+    PII_KEY,
+    Samples,
+    async_wait_until,
+    by_labels,
+    get,
+    parse,
+    publish,
+    read_topic,
+    value,
+    web_port,
+)
 
 pytestmark = pytest.mark.integration
 
 DAY = 86_400_000
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
@@ -62,39 +70,6 @@ def traffic(now_ms: int) -> list[Touchpoint | bytes]:
         ev("r1", "lumi", "wechat_oa", raw, EventType.JOIN, t0, Join("follow")),  # raw_pii
         b"\x07again",  # bad_magic
     ]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def by_labels(samples: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
-    """Non-zero samples of `name` summed by the values of `keys` (like PromQL `sum by`)."""
-    out: dict[tuple[str, ...], float] = {}
-    for (n, labels), v in samples.items():
-        if n == name and v:
-            d = dict(labels)
-            key = tuple(d[k] for k in keys)
-            out[key] = out.get(key, 0.0) + v
-    return out
-
-
-async def get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        return response.status, await response.text()
-
-
-def web_port(worker: Worker) -> int:
-    """The worker's web port, from the config file the test helper wrote for it."""
-    return int(yaml.safe_load(worker.log.with_suffix(".yaml").read_text())["web_port"])
 
 
 async def test_worker_and_sink_metrics_count_what_was_sent(
