@@ -227,7 +227,10 @@ async def summarise(sink: ClickHouseSink) -> dict[str, Any]:
     one = lambda rows: rows[0][0] if rows else 0  # noqa: E731
     events = one(await sink.query("SELECT count() FROM events FINAL"))
     changes = one(await sink.query("SELECT count() FROM segment_changes FINAL"))
-    users = one(await sink.query("SELECT uniqExact(brand, person_id) FROM person_state FINAL"))
+    users = one(await sink.query("SELECT uniqExact(brand, person_id) FROM current_people"))
+    merges = one(
+        await sink.query("SELECT count() FROM segment_changes FINAL WHERE dimension = 'identity'")
+    )
     segments = await sink.query(
         "SELECT rfm_segment, count() FROM person_state FINAL WHERE rfm_segment != '' "
         "GROUP BY rfm_segment ORDER BY count() DESC"
@@ -250,6 +253,7 @@ async def summarise(sink: ClickHouseSink) -> dict[str, Any]:
         "events": events,
         "segment_changes": changes,
         "time_driven_changes": time_driven,
+        "identity_merges": merges,
         "users": users,
         "rfm_segments": {k: v for k, v in segments},
         "aipl_stages": {k: v for k, v in stages},
@@ -304,6 +308,14 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         processed = await _wait_caught_up(
             bootstrap, settings.app_id, progress.ends, deadline, alive
         )
+        # Records the workers send each other (referral credits; with identity
+        # resolution, re-keyed events, links and merges) are work too.
+        internal = [settings.referrals_topic]
+        if settings.identity_resolution:
+            internal += [settings.resolved_topic, settings.links_topic]
+        processed = processed and await _wait_caught_up(
+            bootstrap, settings.app_id, await _topic_ends(bootstrap, internal), deadline, alive
+        )
         topics = [settings.events_topic, settings.changes_topic, settings.changelog_topic]
         stored = await _wait_caught_up(
             bootstrap, settings.sink_group, await _topic_ends(bootstrap, topics), deadline
@@ -342,7 +354,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  segment changes   {summary['segment_changes']:>8}"
         f"   ({summary['time_driven_changes']} by time alone)"
     )
-    print(f"  customers         {summary['users']:>8}")
+    print(
+        f"  customers         {summary['users']:>8}"
+        f"   ({summary['identity_merges']} merged across channels)"
+    )
     for seg, n in summary["rfm_segments"].items():
         print(f"    {SEGMENT_NAMES_ZH[RfmSegment(seg)]:<8} {seg:<18} {n:>6}")
     print("  AIPL: " + "  ".join(f"{k}={v}" for k, v in summary["aipl_stages"].items()))

@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     dlq_topic: str = "touchflow.dlq"
     thresholds_topic: str = "touchflow.rfm-thresholds"
     # One customer across channels (agents/identity.py): events are re-keyed by person
-    # through these two topics before segmentation. Off: each channel identity is a person.
-    identity_resolution: bool = False
+    # through these two topics before segmentation (one more hop per event). Off: each
+    # channel identity is its own person.
+    identity_resolution: bool = True
     links_topic: str = "touchflow.identity-links"
     # Internal: a referred customer's first purchase, sent to the referrer's partition.
     referrals_topic: str = "touchflow.referrals"

@@ -15,11 +15,12 @@ from typing import Any
 import aiohttp
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.broker import free_port
 from pipeline.codec import Codecs
-from pipeline.events import Touchpoint
+from pipeline.events import Touchpoint, UserRef
 from pipeline.identity import partition_key
 from pipeline.settings import Settings
 
@@ -180,3 +181,22 @@ async def get(url: str) -> tuple[int, str]:
 def web_port(worker: Worker) -> int:
     """The worker's web port, from the config file the test helper wrote for it."""
     return int(yaml.safe_load(worker.log.with_suffix(".yaml").read_text())["web_port"])
+
+
+# -- choosing users by partition -------------------------------------------------------------
+
+
+def partition_of(user: UserRef, partitions: int) -> int:
+    """The partition the producers (aiokafka's default partitioner) put a user's events on."""
+    ids = list(range(partitions))
+    return int(DefaultPartitioner()(partition_key(user), ids, ids))
+
+
+def openid_where(partitions: int, same_as: UserRef, same: bool, skip: int = 0) -> UserRef:
+    """An openid user whose events land on the same partition as `same_as` (or another)."""
+    home = partition_of(same_as, partitions)
+    for n in range(skip, skip + 200):
+        user = UserRef("openid", f"h1:{n:032x}")
+        if user != same_as and (partition_of(user, partitions) == home) == same:
+            return user
+    raise AssertionError("no such user among 200 candidates")

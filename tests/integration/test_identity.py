@@ -8,28 +8,20 @@ from __future__ import annotations
 import time
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.codec import Codecs
 from pipeline.events import EventType, Identify, Purchase, Touchpoint, UserRef
-from pipeline.identity import partition_key, seed_of
+from pipeline.identity import seed_of
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
-from tests.integration.helpers import async_wait_until, publish, read_topic
+from tests.integration.helpers import async_wait_until, openid_where, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
 
 def _users_on_two_partitions(partitions: int) -> tuple[UserRef, UserRef]:
-    part = DefaultPartitioner()
-    ids = list(range(partitions))
     member = UserRef("member_id", "h1:" + "a" * 32)
-    home = part(partition_key(member), ids, ids)
-    for n in range(100):
-        openid = UserRef("openid", f"h1:{n:032x}")
-        if part(partition_key(openid), ids, ids) != home:
-            return member, openid
-    raise AssertionError("no openid on another partition")
+    return member, openid_where(partitions, member, same=False)
 
 
 @pytest.fixture

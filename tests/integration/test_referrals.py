@@ -7,27 +7,19 @@ from __future__ import annotations
 import time
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.events import EventType, Join, Purchase, Share, Touchpoint, UserRef
-from pipeline.identity import partition_key, seed_of
+from pipeline.identity import seed_of
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
-from tests.integration.helpers import async_wait_until, publish
+from tests.integration.helpers import async_wait_until, openid_where, publish
 
 pytestmark = pytest.mark.integration
 
 
 def _two_partitions(partitions: int) -> tuple[UserRef, UserRef]:
-    part = DefaultPartitioner()
-    ids = list(range(partitions))
     sharer = UserRef("unionid", "h1:" + "5" * 32)
-    home = part(partition_key(sharer), ids, ids)
-    for n in range(100):
-        invitee = UserRef("openid", f"h1:{n:032x}")
-        if part(partition_key(invitee), ids, ids) != home:
-            return sharer, invitee
-    raise AssertionError("no invitee on another partition")
+    return sharer, openid_where(partitions, sharer, same=False)
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "identity-resolution"])

@@ -9,34 +9,23 @@ from __future__ import annotations
 import time
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.codec import Codecs
 from pipeline.events import Chat, EventType, Purchase, Touchpoint, UserRef
-from pipeline.identity import partition_key, person_id_for
+from pipeline.identity import person_id_for
 from pipeline.rfm import MS_PER_DAY
 from pipeline.settings import Settings
 from pipeline.state import TIME_CAUSE
 from sinks.writer import ClickHouseSink
-from tests.integration.helpers import async_wait_until, publish, read_topic
+from tests.integration.helpers import async_wait_until, openid_where, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
 
-def _user(n: int) -> UserRef:
-    return UserRef("openid", "h1:" + f"{n:032x}")
-
-
 def _same_partition_users(partitions: int) -> tuple[UserRef, UserRef]:
     """Two customers whose events share a partition (the producer's own partitioner)."""
-    partition = DefaultPartitioner()
-    ids = list(range(partitions))
-    first = _user(1)
-    target = partition(partition_key(first), ids, ids)
-    for n in range(2, 200):
-        if partition(partition_key(_user(n)), ids, ids) == target:
-            return first, _user(n)
-    raise AssertionError("no second user on the same partition")
+    first = UserRef("openid", "h1:" + f"{1:032x}")
+    return first, openid_where(partitions, first, same=True, skip=2)
 
 
 @pytest.fixture
