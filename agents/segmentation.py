@@ -1,14 +1,15 @@
 """The segmentation agent: touchpoint in -> per-person state -> segment changes out.
 
 Thin adapter: decoding, contract checks and every decision live in `pipeline`; here we only
-read the message, look up and store the state, and send what the core returns.
+read the message, hand it to its partition's engine (over the Faust table), and send what
+comes back: segment changes, referral credits for other partitions, dead letters. With
+identity resolution, merges and forwarding are handled by `agents.identity`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,14 +17,13 @@ import faust
 from faust.serializers.codecs import Codec
 
 from agents import identity, thresholds
+from agents.partition_clocks import PartitionClocks
 from pipeline import metrics
-from pipeline import state as core
 from pipeline.codec import Codecs
-from pipeline.engine import Outcome, PartitionEngine
+from pipeline.engine import Outcome
 from pipeline.errors import Rejected
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
-from pipeline.rfm import RfmPolicy
 from pipeline.settings import Settings
 
 TABLE_NAME = "person_state"  # Settings.changelog_topic derives the changelog name from it
@@ -67,71 +67,6 @@ def dead_letter_headers(message: Any, rejected: Rejected) -> list[tuple[str, byt
         ("__connect.errors.exception.message", rejected.message.encode()[:1000]),
         ("touchflow.reason", rejected.reason.value.encode()),
     ]
-
-
-class PartitionClocks:
-    """One `PartitionEngine` (event-time clock + due-time index) per events partition.
-
-    An engine is built when its partition's first event arrives, indexing the states
-    that belong to the partition: those recovered from the changelog (Faust's memory
-    store records their partition) and those this worker wrote. Revoked partitions are
-    forgotten; if they come back, their engine is rebuilt from the recovered table.
-    """
-
-    def __init__(self, policy: core.Policy, table: Any, allowed_lateness_ms: int) -> None:
-        self._policy = policy
-        self._table = table
-        self._lateness = allowed_lateness_ms
-        self._engines: dict[int, PartitionEngine] = {}
-        self._partition_of: dict[bytes, int] = {}  # keys written here, by partition
-        self._reassess: dict[int, set[str]] = {}  # partition -> brands whose policy changed
-
-    def engine(self, partition: int) -> PartitionEngine:
-        engine = self._engines.get(partition)
-        if engine is None:
-            engine = PartitionEngine(self._policy, self._table, self._lateness)
-            self._index(partition, engine)
-            self._engines[partition] = engine
-        return engine
-
-    def _owners(self) -> dict[bytes, int]:
-        """Partition of every state this worker holds: recovered ones (Faust's memory
-        store records their changelog partition) and those written here."""
-        return {**getattr(self._table.data, "_key_partition", {}), **self._partition_of}
-
-    def _index(self, partition: int, engine: PartitionEngine) -> None:
-        owners = self._owners()
-        engine.index(
-            (key, state) for key, state in self._table.items() if owners.get(key) == partition
-        )
-
-    def written(self, partition: int, outcome: Outcome) -> None:
-        for key in outcome.written:
-            self._partition_of[key] = partition
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        for p in partitions:
-            self._engines.pop(p, None)
-
-    def backlog(self) -> int:
-        return sum(e.backlog for e in self._engines.values())
-
-    def set_brand_rfm(self, brand: str, rfm: RfmPolicy, partitions: Iterable[int]) -> None:
-        """New thresholds for one brand (quantile scoring). The brand's people in each
-        partition are re-scored on that partition's next event (table writes belong to an
-        event), and due times re-indexed since recency thresholds moved."""
-        self._policy = replace(self._policy, brand_rfm={**self._policy.brand_rfm, brand: rfm})
-        for partition in partitions:
-            self._reassess.setdefault(partition, set()).add(brand)
-        for partition, engine in self._engines.items():
-            engine.policy = self._policy
-            self._index(partition, engine)
-
-    def reassess_pending(self, partition: int, engine: PartitionEngine, out: Outcome) -> None:
-        brands = self._reassess.pop(partition, None)
-        if brands:
-            keys = [k for k, p in self._owners().items() if p == partition]
-            engine.reassess((k for k in keys if k.split(b":", 1)[0].decode() in brands), out)
 
 
 @dataclass
