@@ -232,18 +232,18 @@ async def summarise(sink: ClickHouseSink) -> dict[str, Any]:
         await sink.query("SELECT count() FROM segment_changes FINAL WHERE dimension = 'identity'")
     )
     segments = await sink.query(
-        "SELECT rfm_segment, count() FROM person_state FINAL WHERE rfm_segment != '' "
+        "SELECT rfm_segment, count() FROM current_people WHERE rfm_segment != '' "
         "GROUP BY rfm_segment ORDER BY count() DESC"
     )
     stages = await sink.query(
-        "SELECT aipl_stage, count() FROM person_state FINAL GROUP BY aipl_stage ORDER BY aipl_stage"
+        "SELECT aipl_stage, count() FROM current_people GROUP BY aipl_stage ORDER BY aipl_stage"
     )
     lifecycles = await sink.query(
-        "SELECT lifecycle, count() FROM person_state FINAL WHERE lifecycle != ''"
+        "SELECT lifecycle, count() FROM current_people WHERE lifecycle != ''"
         " GROUP BY lifecycle ORDER BY count() DESC"
     )
     tags = await sink.query(
-        "SELECT arrayJoin(tags) AS tag, count() FROM person_state FINAL GROUP BY tag"
+        "SELECT arrayJoin(tags) AS tag, count() FROM current_people GROUP BY tag"
         " ORDER BY count() DESC"
     )
     time_driven = one(
