@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: venv demo test test-quick lint test-faults fmt clean
+.PHONY: venv demo test test-quick lint test-faults fmt clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"touchflow needs Python 3.11, found {sys.version.split()[0]}"'
@@ -25,13 +25,17 @@ test: $(STAMP) lint
 	$(BIN)/pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline agents sinks tests
-	$(BIN)/ruff format --check pipeline agents sinks tests
+	$(BIN)/ruff check pipeline agents sinks tests bench
+	$(BIN)/ruff format --check pipeline agents sinks tests bench
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix pipeline agents sinks tests
-	$(BIN)/ruff format pipeline agents sinks tests
+	$(BIN)/ruff check --fix pipeline agents sinks tests bench
+	$(BIN)/ruff format pipeline agents sinks tests bench
+
+## Performance benchmark (~5-10 min on 2 cores; ARGS="--quick" for a smoke run): see docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults $(ARGS)

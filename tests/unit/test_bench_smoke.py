@@ -1,0 +1,38 @@
+"""The benchmark's in-process parts run at tiny sizes and report what docs/benchmarks.md
+quotes. No timing assertions: figures only have to be there and positive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.__main__ import IN_PROCESS_KEYS, main
+from bench.workload import build
+from pipeline.events import EventType
+
+
+def test_workload_mixes_every_kind_of_touch_over_a_zipf_population() -> None:
+    w = build(2_000, 500, b"bench-test-key-0123456789", 1_700_000_000_000, 30)
+    kinds = {e.type for e in w.events}
+    assert kinds == {
+        EventType.JOIN,
+        EventType.CHAT,
+        EventType.PURCHASE,
+        EventType.SHARE,
+        EventType.REFUND,
+    }
+    assert [e.occurred_at for e in w.events] == sorted(e.occurred_at for e in w.events)
+    touched = len(set(w.person_ids))
+    assert 50 < touched < 500  # a heavy head: some people many times, many never
+    assert build(2_000, 500, b"bench-test-key-0123456789", 1_700_000_000_000, 30) == w
+
+
+def test_in_process_parts_write_a_result_with_positive_figures(tmp_path: Path) -> None:
+    argv = ["--quick", "--in-process-only", "--events", "400", "--people", "100"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    assert len(list(tmp_path.glob("2*.json"))) == 1  # the timestamped copy
+    for key in (*IN_PROCESS_KEYS, "core_apply_events_per_s", "memory_bytes_per_state"):
+        assert isinstance(latest[key], float) and latest[key] > 0, key
+    assert latest["state_bytes_heavy"] > latest["state_bytes_typical"]
+    assert "cores" in latest["machine"] and "Python 3.11" in latest["machine"]
