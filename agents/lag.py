@@ -10,7 +10,7 @@ base offset of the last batch + 1 and the lag reads low by up to one batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 
 import faust
 from aiokafka.errors import KafkaError
@@ -46,10 +46,14 @@ async def partition_lag(app: faust.App, topic: str) -> dict[int, int] | None:
     }
 
 
-def register(app: faust.App, settings: Settings, table: Sized) -> None:
+def register(app: faust.App, settings: Settings, table: Sized, backlog: Callable[[], int]) -> None:
+    """Gauges refreshed on a timer, off the per-event path: people held, due-time index
+    backlog (`backlog()`), consumer lag."""
+
     @app.timer(interval=settings.metrics_interval_seconds, name="touchflow-operations-gauges")
     async def refresh_gauges() -> None:
         metrics.people_in_state(len(table))
+        metrics.due_index_backlog(backlog())
         if app.rebalancing or app.in_recovery:
             return  # assignment and offsets are moving; the next tick reports
         lag = await partition_lag(app, settings.events_topic)

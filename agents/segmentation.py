@@ -71,30 +71,33 @@ def dead_letter_headers(message: Any, rejected: Rejected) -> list[tuple[str, byt
 
 @dataclass
 class Segmentation:
-    """Topics and table of the segmentation agent, declared on one app."""
+    """Topics, table and partition engines of the segmentation agent, on one app."""
 
     events: faust.TopicT
     changes: faust.TopicT
     dlq: faust.TopicT
     table: faust.Table
+    clocks: PartitionClocks
 
 
 def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation:
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    table = app.Table(
+        TABLE_NAME,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=state_value_type(codecs),
+    )
+    policy = settings.policy()
+    limits = settings.limits()
+    clocks = PartitionClocks(policy, table, settings.allowed_lateness_ms)
     seg = Segmentation(
         events=app.topic(settings.events_topic, **raw),
         changes=app.topic(settings.changes_topic, **raw),
         dlq=app.topic(settings.dlq_topic, **raw),
-        table=app.Table(
-            TABLE_NAME,
-            partitions=settings.partitions,
-            key_type=bytes,
-            value_type=state_value_type(codecs),
-        ),
+        table=table,
+        clocks=clocks,
     )
-    policy = settings.policy()
-    limits = settings.limits()
-    clocks = PartitionClocks(policy, seg.table, settings.allowed_lateness_ms)
     thresholds.register(
         app,
         settings,
@@ -165,8 +168,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 )
                 metrics.segment_change(change, m.timestamp)
             metrics.event_processed(m.time_in)
-            metrics.people_in_state(len(seg.table))
-            metrics.due_index_backlog(clocks.backlog())
 
     app.agent(source, name="segmentation")(segmentation)
     return seg

@@ -59,5 +59,5 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
     )
     seg = segmentation.register(app, settings, Codecs(registry_for(settings.schema_registry_url)))
     web.register(app, settings)
-    lag.register(app, settings, seg.table)
+    lag.register(app, settings, seg.table, seg.clocks.backlog)
     return app
