@@ -26,7 +26,7 @@ from bench.inprocess import rss_bytes
 from bench.workload import Workload
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.codec import Codecs
-from pipeline.demo import _stop_process, _topic_ends, _wait_caught_up
+from pipeline.demo import stop_process, topic_ends, wait_caught_up
 from pipeline.settings import Settings
 from sinks.rfm_sql import rfm_scores_query
 from sinks.writer import ClickHouseSink
@@ -149,7 +149,7 @@ def _alive(p: subprocess.Popen[bytes], log: Path) -> Callable[[], None]:
 async def _caught_up(
     bootstrap: str, group: str, ends: dict[TopicPartition, int], alive: Callable[[], None]
 ) -> None:
-    if not await _wait_caught_up(bootstrap, group, ends, time.monotonic() + DRAIN_TIMEOUT, alive):
+    if not await wait_caught_up(bootstrap, group, ends, time.monotonic() + DRAIN_TIMEOUT, alive):
         raise TimeoutError(f"benchmark: consumer group {group} did not catch up")
 
 
@@ -163,7 +163,7 @@ async def _drained(
     internal = [settings.referrals_topic]
     if settings.identity_resolution:
         internal += [settings.resolved_topic, settings.links_topic]
-    await _caught_up(bootstrap, settings.app_id, await _topic_ends(bootstrap, internal), alive)
+    await _caught_up(bootstrap, settings.app_id, await topic_ends(bootstrap, internal), alive)
 
 
 async def _latency(
@@ -299,7 +299,7 @@ async def run(
         await _wait(
             lambda: _has(sink, "SELECT count() FROM events FINAL", total), "stored events", alive
         )
-        outputs = await _topic_ends(bootstrap, [settings.changes_topic, settings.changelog_topic])
+        outputs = await topic_ends(bootstrap, [settings.changes_topic, settings.changelog_topic])
         await _caught_up(bootstrap, settings.sink_group, outputs, alive)
         stored = time.monotonic()
         n = len(throughput)
@@ -335,7 +335,7 @@ async def run(
             sql_rfm_events=stored_events,
             sql_rfm_events_per_s=stored_events / sql_s,
         )
-        _stop_process(worker)
+        stop_process(worker)
 
         # Streaming yardstick: a plain Faust worker over the same events as JSON.
         topic = f"bench-{tag}.baseline"
@@ -353,9 +353,9 @@ async def run(
         out["worker_vs_baseline"] = out["worker_events_per_s"] / out["baseline_faust_events_per_s"]
         return out
     finally:
-        _stop_process(worker)
+        stop_process(worker)
         if baseline is not None:
-            _stop_process(baseline)
+            stop_process(baseline)
         stop_sink.set()
         await sink_task
         sink.close()

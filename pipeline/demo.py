@@ -83,7 +83,7 @@ def _spawn_worker(
     )
 
 
-def _stop_process(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop_process(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
         try:
@@ -184,7 +184,7 @@ def _check_alive(workers: list[subprocess.Popen[bytes]], logs: Path) -> None:
             )
 
 
-async def _wait_caught_up(
+async def wait_caught_up(
     bootstrap: str,
     group: str,
     ends: dict[TopicPartition, int],
@@ -208,7 +208,7 @@ async def _wait_caught_up(
         await reader.stop()
 
 
-async def _topic_ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+async def topic_ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
@@ -305,20 +305,18 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         deadline = time.monotonic() + opts.drain_timeout
         alive = lambda: _check_alive(workers, logs)  # noqa: E731
         alive()
-        processed = await _wait_caught_up(
-            bootstrap, settings.app_id, progress.ends, deadline, alive
-        )
+        processed = await wait_caught_up(bootstrap, settings.app_id, progress.ends, deadline, alive)
         # Records the workers send each other (referral credits; with identity
         # resolution, re-keyed events, links and merges) are work too.
         internal = [settings.referrals_topic]
         if settings.identity_resolution:
             internal += [settings.resolved_topic, settings.links_topic]
-        processed = processed and await _wait_caught_up(
-            bootstrap, settings.app_id, await _topic_ends(bootstrap, internal), deadline, alive
+        processed = processed and await wait_caught_up(
+            bootstrap, settings.app_id, await topic_ends(bootstrap, internal), deadline, alive
         )
         topics = [settings.events_topic, settings.changes_topic, settings.changelog_topic]
-        stored = await _wait_caught_up(
-            bootstrap, settings.sink_group, await _topic_ends(bootstrap, topics), deadline
+        stored = await wait_caught_up(
+            bootstrap, settings.sink_group, await topic_ends(bootstrap, topics), deadline
         )
         if not (processed and stored):
             print(
@@ -342,7 +340,7 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         stop_printer.set()
         stop_sink.set()
         for w in workers:
-            _stop_process(w)
+            stop_process(w)
         if broker:
             broker.stop()
 
