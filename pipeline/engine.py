@@ -63,9 +63,11 @@ class PartitionEngine:
         return len(self._due)
 
     def schedule(self, key: bytes, s: core.PersonState) -> None:
-        brand, _ = core.split_state_key(key.decode())
-        due = core.next_due(s, brand, self.policy)
-        if due is not None:
+        due = s.due  # cached when the state was derived here
+        if due == core.DUE_UNKNOWN:  # e.g. decoded from the changelog
+            brand, _ = core.split_state_key(key.decode())
+            due = core.compute_due(s.agg, s.as_of, brand, self.policy)
+        if due != core.DUE_NEVER:
             heapq.heappush(self._due, (due, key))
 
     def index(self, items: Iterable[tuple[bytes, core.PersonState]]) -> None:

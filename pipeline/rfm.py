@@ -117,12 +117,16 @@ def score(
 ) -> RfmScores:
     """R, F and M scores at `today` for a customer who has purchased at least once."""
     first = today - policy.window_days + 1
-    orders = 0
-    amount = 0
-    for d, o, a in buckets:
-        if first <= d <= today:
-            orders += o
-            amount += a
+    if buckets and buckets[0][0] >= first and buckets[-1][0] <= today:
+        # all inside the window (the usual case: states are trimmed): sum in C
+        orders = sum([b[1] for b in buckets])
+        amount = sum([b[2] for b in buckets])
+    else:
+        orders = amount = 0
+        for d, o, a in buckets:
+            if first <= d <= today:
+                orders += o
+                amount += a
     recency = max(0, today - last_purchase_day)
     return RfmScores(
         r=5 - bisect_left(policy.recency_days, recency),

@@ -164,6 +164,15 @@ def _compile_comparison(fact: str, ops: Any, where: str, days: dict[str, set[int
             days.setdefault(fact, set()).update(values)
         checks.append((_OPERATORS[op], tuple(value) if op == "in" else value))
 
+    if len(checks) == 1:  # the common case, without the loop (rules run on every event)
+        ((check, v),) = checks
+
+        def test_one(facts: Facts) -> bool:
+            actual = facts.get(fact)
+            return actual is not None and check(actual, v)
+
+        return test_one
+
     def test(facts: Facts) -> bool:
         actual = facts.get(fact)
         return actual is not None and all(check(actual, v) for check, v in checks)
@@ -179,8 +188,9 @@ def _compile(cond: Any, where: str, days: dict[str, set[int]]) -> Predicate:
         if not isinstance(arg, list) or not arg:
             raise RuleError(f"{where}.{key}: expected a non-empty list of conditions")
         parts = [_compile(c, f"{where}.{key}[{i}]", days) for i, c in enumerate(arg)]
-        combine = all if key == "all" else any
-        return lambda facts: combine(p(facts) for p in parts)
+        if key == "all":
+            return lambda facts: all([p(facts) for p in parts])
+        return lambda facts: any([p(facts) for p in parts])
     if key == "not":
         inner = _compile(arg, f"{where}.not", days)
         return lambda facts: not inner(facts)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from pipeline import lifecycle as lc
 from pipeline import rfm, rules, stages
@@ -37,6 +37,8 @@ RECENT_ORDERS_KEPT = 8
 PENDING_REFUNDS_KEPT = 4
 
 TIME_CAUSE = "time"  # cause_event_id of changes caused by the clock, not by an event
+DUE_UNKNOWN = -2  # PersonState.due not computed yet (e.g. decoded from the changelog)
+DUE_NEVER = -1  # nothing will change on time alone
 
 OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
 PendingRefund = tuple[str, int]  # (order_id, amount_minor)
@@ -138,7 +140,6 @@ class Derived:
     lifecycle: str | None = None
     tags: tuple[str, ...] = ()  # sorted
     layers: tuple[LayerValue, ...] = ()  # in the rules' layer order
-    rules_fired: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,9 @@ class PersonState:
     recent_event_ids: tuple[str, ...] = ()  # for dropping duplicate deliveries
     agg: Aggregates = Aggregates()
     derived: Derived = Derived()
+    # Cache of `next_due` (a pure function of agg, as_of and the policy), filled in when
+    # the state is derived; not part of the state's value, never serialized.
+    due: int = field(default=DUE_UNKNOWN, compare=False)
 
     # Shorthands used by adapters and tests.
     @property
@@ -197,7 +201,18 @@ def _top_two_days(days: set[int]) -> tuple[int, int]:
     return (ordered[0] if ordered else -1, ordered[1] if len(ordered) > 1 else -1)
 
 
-def _add_order(a: Aggregates, order_id: str, day: int, amount: int) -> Aggregates:
+class _Seen(TypedDict):
+    first_seen: int
+    last_seen: int
+
+
+def _seen(a: Aggregates, t: int) -> _Seen:
+    """The first/last-seen fields with event time `t` taken in; every effect sets them in
+    the same `replace` as its own fields (one new Aggregates per event)."""
+    return {"first_seen": min(a.first_seen, t), "last_seen": max(a.last_seen, t)}
+
+
+def _add_order(a: Aggregates, order_id: str, day: int, amount: int, seen: _Seen) -> Aggregates:
     last, previous = _top_two_days({a.last_purchase_day, a.previous_purchase_day, day} - {-1})
     orders = tuple(sorted((*a.recent_orders, (order_id, day, amount)), key=lambda o: (o[1], o[0])))
     return replace(
@@ -209,6 +224,7 @@ def _add_order(a: Aggregates, order_id: str, day: int, amount: int) -> Aggregate
         previous_purchase_day=previous,
         buckets=rfm.add_purchase(a.buckets, day, 1, amount),
         recent_orders=orders[-RECENT_ORDERS_KEPT:],
+        **seen,
     )
 
 
@@ -245,7 +261,8 @@ def _take_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates | None
 def _on_purchase(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Purchase)
-    a = _add_order(a, p.order_id, rfm.day_of(e.occurred_at), p.amount_minor)
+    seen = _seen(a, e.occurred_at)
+    a = _add_order(a, p.order_id, rfm.day_of(e.occurred_at), p.amount_minor, seen)
     early = [amount for oid, amount in a.pending_refunds if oid == p.order_id]
     if early:  # refunds that arrived before their order
         waiting = tuple(r for r in a.pending_refunds if r[0] != p.order_id)
@@ -258,6 +275,7 @@ def _on_purchase(a: Aggregates, e: Touchpoint) -> Aggregates:
 def _on_refund(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Refund)
+    a = _on_other(a, e)
     refunded = _take_refund(a, p.order_id, p.amount_minor)
     if refunded is not None:
         return refunded
@@ -269,8 +287,8 @@ def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Chat)
     if p.direction != "inbound":
-        return a  # a brand's own message says nothing of the customer's interest
-    return replace(a, engagements=a.engagements + 1)
+        return _on_other(a, e)  # a brand's own message says nothing of the customer's interest
+    return replace(a, engagements=a.engagements + 1, **_seen(a, e.occurred_at))
 
 
 def _on_share(a: Aggregates, e: Touchpoint) -> Aggregates:
@@ -281,31 +299,36 @@ def _on_share(a: Aggregates, e: Touchpoint) -> Aggregates:
         engagements=a.engagements + 1,
         shares=a.shares + 1,
         invitations=a.invitations + (1 if p.invitee is not None else 0),
+        **_seen(a, e.occurred_at),
     )
 
 
 def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Join)
-    a = replace(a, last_join=max(a.last_join, e.occurred_at))
-    if p.referrer is not None and (a.referred_at < 0 or e.occurred_at < a.referred_at):
-        a = replace(a, referred_by=seed_of(p.referrer), referred_at=e.occurred_at)
-    if a.acquired_at < 0 or e.occurred_at < a.acquired_at:  # the earliest join acquired them
-        a = replace(
-            a,
-            acquired_at=e.occurred_at,
-            acquisition_channel=e.channel,
-            acquisition_source=p.source,
-        )
-    return a
+    t = e.occurred_at
+    changed: dict[str, Any] = {"last_join": max(a.last_join, t), **_seen(a, t)}
+    if p.referrer is not None and (a.referred_at < 0 or t < a.referred_at):
+        changed.update(referred_by=seed_of(p.referrer), referred_at=t)
+    if a.acquired_at < 0 or t < a.acquired_at:  # the earliest join acquired them
+        changed.update(acquired_at=t, acquisition_channel=e.channel, acquisition_source=p.source)
+    return replace(a, **changed)
 
 
 def _on_leave(a: Aggregates, e: Touchpoint) -> Aggregates:
     assert isinstance(e.payload, Leave)
-    return replace(a, last_leave=max(a.last_leave, e.occurred_at))
+    return replace(a, last_leave=max(a.last_leave, e.occurred_at), **_seen(a, e.occurred_at))
 
 
-# Types not listed (identify) only move the clock.
+def _on_other(a: Aggregates, e: Touchpoint) -> Aggregates:
+    """Any event moves the first/last-seen times (no new object when they stay)."""
+    t = e.occurred_at
+    if a.first_seen <= t <= a.last_seen:
+        return a
+    return replace(a, **_seen(a, t))
+
+
+# Types not listed (identify) only move the clock and the first/last-seen times.
 _EFFECTS: dict[EventType, Callable[[Aggregates, Touchpoint], Aggregates]] = {
     EventType.PURCHASE: _on_purchase,
     EventType.REFUND: _on_refund,
@@ -353,44 +376,74 @@ def derive(a: Aggregates, brand: str, now: int, policy: Policy) -> Derived:
     history = a.purchase_history()
     window: rfm.RfmScores | None = None
     scores, segment = NO_SCORES, None
-    fired = {"rfm_segment": "rfm:never_purchased"}
     if history is not None:
-        window = rfm.score(
-            rfm.trim(a.buckets, today, rp.window_days), a.last_purchase_day, today, rp
-        )
+        window = rfm.score(a.buckets, a.last_purchase_day, today, rp)
         scores = Scores(window.r, window.f, window.m)
         segment = rfm.segment(window, rp).value
-        fired["rfm_segment"] = f"rfm:R{window.r}F{window.f}M{window.m}/high>={rp.high_score}"
     window_orders = window.orders if window else 0
     stage = stages.aipl_stage(a.engagements, a.lifetime_orders, window_orders, policy.aipl)
-    fired["aipl_stage"] = f"aipl:{stage.value}"
     life = lc.lifecycle(history, today, policy.lifecycle)
-    fired["lifecycle"] = lc.rule_of(life, history, policy.lifecycle)
     base = Derived(scores, segment, stage.value, life.value if life else None)
     tags, layers = policy.rules.for_brand(brand).evaluate(facts(a, base, today, window))
-    return replace(base, tags=tags, layers=layers, rules_fired=fired)
+    return Derived(base.scores, segment, base.aipl_stage, base.lifecycle, tags, layers)
+
+
+def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) -> str:
+    """The rule text that put `d`'s value of `dim` there (only built for changes)."""
+    if dim == "rfm_segment":
+        if d.rfm_segment is None:
+            return "rfm:never_purchased"
+        sc = d.scores
+        return f"rfm:R{sc.r}F{sc.f}M{sc.m}/high>={policy.rfm_for(brand).high_score}"
+    if dim == "aipl_stage":
+        return f"aipl:{d.aipl_stage}"
+    history = a.purchase_history()
+    life = lc.Lifecycle(d.lifecycle) if d.lifecycle is not None else None
+    return lc.rule_of(life, history, policy.lifecycle)
 
 
 def next_due(s: PersonState, brand: str, policy: Policy) -> int | None:
     """The earliest time (ms) after `s.as_of` at which time alone may change a segment."""
-    a = s.agg
-    today = rfm.day_of(s.as_of)
+    due = s.due if s.due != DUE_UNKNOWN else compute_due(s.agg, s.as_of, brand, policy)
+    return None if due == DUE_NEVER else due
+
+
+def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
+    """`next_due` from scratch (DUE_NEVER when none): the smallest candidate day after
+    today among the recency thresholds, window exits, lifecycle and rule day thresholds."""
+    today = rfm.day_of(as_of)
     rp = policy.rfm_for(brand)
-    days: list[int] = []
+    best = -1
+
+    def consider(day: int) -> None:
+        nonlocal best
+        if day > today and (best < 0 or day < best):
+            best = day
+
     if a.last_purchase_day >= 0:
-        days += [a.last_purchase_day + t + 1 for t in rp.recency_days]  # R drops a score
-    days += [d + rp.window_days for d, _, _ in a.buckets]  # a day leaves the F/M window
-    days += lc.transition_days(a.purchase_history(), policy.lifecycle)
-    anchors = {
-        "days_since_last_purchase": a.last_purchase_day,
-        "days_since_first_seen": rfm.day_of(a.first_seen),
-    }
-    for counter, thresholds in policy.rules.for_brand(brand).day_thresholds.items():
-        anchor = anchors[counter]
-        if anchor >= 0:  # a threshold k flips `== k`, `>= k` ... on day anchor+k or +k+1
-            days += [anchor + k + extra for k in thresholds for extra in (0, 1)]
-    future = [d for d in days if d > today]
-    return min(future) * rfm.MS_PER_DAY if future else None
+        for t in rp.recency_days:  # ascending: the first one ahead is the earliest
+            if a.last_purchase_day + t + 1 > today:
+                consider(a.last_purchase_day + t + 1)
+                break
+    for d, _, _ in a.buckets:  # sorted by day: the first to leave the window comes first
+        if d + rp.window_days > today:
+            consider(d + rp.window_days)
+            break
+    for d in lc.transition_days(a.purchase_history(), policy.lifecycle):
+        consider(d)
+    day_thresholds = policy.rules.for_brand(brand).day_thresholds
+    if day_thresholds:
+        anchors = {
+            "days_since_last_purchase": a.last_purchase_day,
+            "days_since_first_seen": rfm.day_of(a.first_seen),
+        }
+        for counter, thresholds in day_thresholds.items():
+            anchor = anchors[counter]
+            if anchor >= 0:  # a threshold k flips `== k`, `>= k` ... on day anchor+k or +k+1
+                for k in thresholds:
+                    consider(anchor + k)
+                    consider(anchor + k + 1)
+    return best * rfm.MS_PER_DAY if best >= 0 else DUE_NEVER
 
 
 # -- transitions -------------------------------------------------------------------------
@@ -399,6 +452,7 @@ def next_due(s: PersonState, brand: str, policy: Policy) -> int | None:
 def _changes(
     before: Derived,
     after: Derived,
+    agg: Aggregates,
     brand: str,
     person_id: str,
     cause: str,
@@ -411,7 +465,7 @@ def _changes(
     for dim in ("rfm_segment", "aipl_stage", "lifecycle"):
         b, a = getattr(before, dim), getattr(after, dim)
         if b != a:
-            moves.append((dim, b, a, after.rules_fired.get(dim, dim)))
+            moves.append((dim, b, a, _rule_of(dim, after, agg, brand, policy)))
     for tag in sorted(set(before.tags) - set(after.tags)):
         moves.append(("tag", tag, None, book.explain_tag(tag).replace("tag:", "untag:", 1)))
     for tag in sorted(set(after.tags) - set(before.tags)):
@@ -442,15 +496,30 @@ def _changes(
 
 def _recompute(
     s: PersonState, agg: Aggregates, brand: str, person_id: str, cause: str, at: int,
-    policy: Policy,
+    policy: Policy, last_offset: int | None = None, recent: tuple[str, ...] | None = None,
 ) -> tuple[PersonState, list[SegmentChange]]:  # fmt: skip
-    now = max(s.as_of, at)
+    """Re-derive after `agg` changed or time passed, as one new state (and the changes);
+    `last_offset` / `recent` replace the bookkeeping when given."""
+    now = s.as_of if s.as_of > at else at
     rp = policy.rfm_for(brand)
-    agg = replace(agg, buckets=rfm.trim(agg.buckets, rfm.day_of(now), rp.window_days))
+    trimmed = rfm.trim(agg.buckets, rfm.day_of(now), rp.window_days)
+    if trimmed is not agg.buckets:
+        agg = replace(agg, buckets=trimmed)
     derived = derive(agg, brand, now, policy)
-    changes = _changes(s.derived, derived, brand, person_id, cause, at, s.seq, policy)
-    new = replace(
-        s, version=s.version + 1, seq=s.seq + len(changes), as_of=now, agg=agg, derived=derived
+    changes = (
+        _changes(s.derived, derived, agg, brand, person_id, cause, at, s.seq, policy)
+        if derived != s.derived
+        else []
+    )
+    new = PersonState(
+        s.version + 1,
+        s.seq + len(changes),
+        s.last_offset if last_offset is None else last_offset,
+        now,
+        s.recent_event_ids if recent is None else recent,
+        agg,
+        derived,
+        compute_due(agg, now, brand, policy),
     )
     return new, changes
 
@@ -471,6 +540,8 @@ def advance(
     """Let time pass up to `now` (ms): every due time on the way is applied in order."""
     changes: list[SegmentChange] = []
     due = next_due(state, brand, policy)
+    if due is None or due > now:
+        return state, changes
     while due is not None and due <= now:
         state, more = _recompute(state, state.agg, brand, person_id, TIME_CAUSE, due, policy)
         changes += more
@@ -499,15 +570,16 @@ def apply(
     if state is None:
         state = PersonState(as_of=t, agg=Aggregates(first_seen=t, last_seen=t))
     state, changes = advance(state, event.brand, person_id, t, policy)
-    a = state.agg
-    a = replace(a, first_seen=min(a.first_seen, t), last_seen=max(a.last_seen, t))
-    effect = _EFFECTS.get(event.type)
-    if effect is not None:
-        a = effect(a, event)
-    state, more = _recompute(state, a, event.brand, person_id, event.event_id, t, policy)
+    a = _EFFECTS.get(event.type, _on_other)(state.agg, event)
     recent = (*state.recent_event_ids, event.event_id)[-policy.dedup_window :]
-    state = replace(state, last_offset=max(state.last_offset, offset), recent_event_ids=recent)
-    return state, changes + more
+    last_offset = state.last_offset if state.last_offset > offset else offset
+    state, more = _recompute(
+        state, a, event.brand, person_id, event.event_id, t, policy, last_offset, recent
+    )
+    if changes:
+        changes += more
+        return state, changes
+    return state, more
 
 
 def state_key(brand: str, person_id: str) -> str:
