@@ -18,10 +18,14 @@ Message kinds on the resolved topic are told apart by the `touchflow.kind` heade
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -36,6 +40,17 @@ KIND, PERSON = "touchflow.kind", "touchflow.person"
 MERGE_TO, MERGE_FROM, BRAND = "touchflow.merge-to", "touchflow.merge-from", "touchflow.brand"
 INVITEE, AT = "touchflow.invitee", "touchflow.at"
 EVENT, MERGE, MERGE_IN, REFERRAL = "event", "merge", "merge-in", "referral"
+
+
+@contextmanager
+def current(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event: a table write takes its changelog partition
+    from it (inside a `take_events` batch the current one is not the one handled)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def header(message: Any, name: str) -> str | None:
@@ -61,14 +76,20 @@ def declare(app: faust.App, settings: Settings) -> Routing:
     )
 
 
-async def send_event(routing: Routing, person: str, value: bytes) -> None:
+# `force=True` sends now instead of attaching the message to the current event's offset
+# (Faust publishes attachments at commit). The segmentation agent works in batches, where
+# the current event is not the one handled: it sends now and flushes the producer before
+# it writes states and before the batch is acknowledged.
+
+
+async def send_event(routing: Routing, person: str, value: bytes, force: bool = False) -> None:
     headers = [(KIND, EVENT.encode()), (PERSON, person.encode())]
-    await routing.resolved.send(key=person.encode(), value=value, headers=headers)
+    await routing.resolved.send(key=person.encode(), value=value, headers=headers, force=force)
 
 
-async def send_merge(routing: Routing, absorbed: str, target: str) -> None:
+async def send_merge(routing: Routing, absorbed: str, target: str, force: bool = False) -> None:
     headers = [(KIND, MERGE.encode()), (MERGE_TO, target.encode())]
-    await routing.resolved.send(key=absorbed.encode(), value=b"", headers=headers)
+    await routing.resolved.send(key=absorbed.encode(), value=b"", headers=headers, force=force)
 
 
 def referral_headers(brand: str, invitee: str, at: int) -> list[tuple[str, bytes]]:
@@ -109,12 +130,16 @@ def register_resolver(
         seed, claimed = bytes(m.key).decode(), bytes(m.value).decode()
         current = person_of(seed)
         target, absorbed, relink = decide_link(current, claimed)
+        # The merge and relink must be stored before the new link is: once the link is in
+        # the changelog, a replay of this message decides nothing new and would not resend.
+        if absorbed is not None:
+            await send_merge(routing, absorbed, target, force=True)
+        if relink is not None:
+            await routing.links.send(key=relink.encode(), value=target.encode(), force=True)
+        if absorbed is not None or relink is not None:
+            await app.producer.flush()
         if target != current:
             identities[seed.encode()] = target
-        if absorbed is not None:
-            await send_merge(routing, absorbed, target)
-        if relink is not None:
-            await routing.links.send(key=relink.encode(), value=target.encode())
 
     async def on_event(m: Any) -> None:
         try:
@@ -151,11 +176,19 @@ def register_resolver(
 class Merges:
     """Stage 2 helpers for the segmentation agent: aliases, forwarding, merging states."""
 
-    def __init__(self, routing: Routing, table: Any, codecs: Codecs, policy: core.Policy) -> None:
+    def __init__(
+        self,
+        routing: Routing,
+        table: Any,
+        codecs: Codecs,
+        policy: core.Policy,
+        flush: Callable[[], Awaitable[None]],
+    ) -> None:
         self.routing = routing
         self.table = table
         self.codecs = codecs
         self.policy = policy
+        self.flush = flush  # waits until everything sent so far is stored by the broker
 
     def alias(self, person: str) -> str | None:
         found: str | None = self.routing.aliases.get(person.encode())
@@ -166,11 +199,14 @@ class Merges:
         target = self.alias(person)
         if target is None:
             return False
-        await send_event(self.routing, target, m.value)
-        await self.routing.links.send(key=seed_of(tp.user).encode(), value=target.encode())
+        await send_event(self.routing, target, m.value, force=True)
+        link = {"key": seed_of(tp.user).encode(), "value": target.encode()}
+        await self.routing.links.send(**link, force=True)
         return True
 
     async def on_merge(self, m: Any) -> None:
+        """Move the absorbed person's states to the survivor's partition. Called with the
+        merge as Faust's current event (its table writes go to this partition)."""
         absorbed, target = bytes(m.key).decode(), header(m, MERGE_TO) or ""
         if not target or absorbed == target:
             return
@@ -178,11 +214,13 @@ class Merges:
         if earlier is not None:  # absorbed before: its two survivors are one person too
             if earlier != target:
                 keep = survivor(earlier, target)
-                await send_merge(self.routing, earlier if keep == target else target, keep)
+                await send_merge(
+                    self.routing, earlier if keep == target else target, keep, force=True
+                )
             return
-        self.routing.aliases[absorbed.encode()] = target
         suffix = b":" + absorbed.encode()
-        for key in [k for k in self.table if bytes(k).endswith(suffix)]:
+        keys = [k for k in self.table if bytes(k).endswith(suffix)]
+        for key in keys:
             brand, _ = core.split_state_key(bytes(key).decode())
             headers = [
                 (KIND, MERGE_IN.encode()),
@@ -190,7 +228,15 @@ class Merges:
                 (MERGE_FROM, absorbed.encode()),
             ]
             state = self.codecs.encode_state(self.table[key])
-            await self.routing.resolved.send(key=target.encode(), value=state, headers=headers)
+            await self.routing.resolved.send(
+                key=target.encode(), value=state, headers=headers, force=True
+            )
+        # Only once the states are stored on their way may they and the alias be written
+        # here: a crash before that replays this merge and sends them again (the
+        # survivor drops a repeated merge-in by its merge id).
+        await self.flush()
+        self.routing.aliases[absorbed.encode()] = target
+        for key in keys:
             del self.table[key]
 
     async def forward_referral_if_absorbed(self, m: Any, person: str) -> bool:
@@ -198,26 +244,33 @@ class Merges:
         if target is None:
             return False
         headers = with_person(m.headers, target)
-        await self.routing.resolved.send(key=target.encode(), value=b"", headers=headers)
+        await self.routing.resolved.send(
+            key=target.encode(), value=b"", headers=headers, force=True
+        )
         return True
 
     async def on_merge_in(self, m: Any, engine: PartitionEngine, out: Outcome) -> None:
         target = bytes(m.key).decode()
         onward = self.alias(target)
         if onward is not None:  # the survivor was itself absorbed meanwhile
-            await self.routing.resolved.send(key=onward.encode(), value=m.value, headers=m.headers)
+            await self.routing.resolved.send(
+                key=onward.encode(), value=m.value, headers=m.headers, force=True
+            )
             return
         brand, absorbed = header(m, BRAND) or "", header(m, MERGE_FROM) or ""
         key = core.state_key(brand, target).encode()
-        current = self.table.get(key) or core.PersonState()
+        current = engine.store.get(key) or core.PersonState()
         if current.last_offset >= m.offset:
             out.redelivered = True
+            return
+        if core.merge_id(absorbed) in current.recent_event_ids:  # sent again after a crash
+            out.duplicate = True
             return
         merged, changes = core.merge(
             current, self.codecs.decode_state(m.value), brand, target, absorbed, self.policy
         )
         merged = replace(merged, last_offset=m.offset)
-        self.table[key] = merged
+        engine.store[key] = merged
         engine.schedule(key, merged)
         out.written.append(key)
         out.changes += changes

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from agents.write_behind import WriteBehind
 from pipeline import state as core
 from pipeline.engine import Outcome, PartitionEngine
 from pipeline.rfm import RfmPolicy
@@ -36,7 +37,8 @@ class PartitionClocks:
     def engine(self, partition: int) -> PartitionEngine:
         engine = self._engines.get(partition)
         if engine is None:
-            engine = PartitionEngine(self._policy, self._table, self._lateness)
+            store = WriteBehind(self._table, partition)
+            engine = PartitionEngine(self._policy, store, self._lateness)
             self._index(partition, engine)
             self._engines[partition] = engine
         return engine
@@ -49,12 +51,18 @@ class PartitionClocks:
     def _index(self, partition: int, engine: PartitionEngine) -> None:
         owners = self._owners()
         engine.index(
-            (key, state) for key, state in self._table.items() if owners.get(key) == partition
+            (key, state) for key, state in engine.store.items() if owners.get(key) == partition
         )
 
     def written(self, partition: int, outcome: Outcome) -> None:
         for key in outcome.written:
             self._partition_of[key] = partition
+
+    def flush(self) -> None:
+        """Write every engine's held states to the table (see agents.write_behind)."""
+        for engine in self._engines.values():
+            assert isinstance(engine.store, WriteBehind)
+            engine.store.flush()
 
     def forget(self, partitions: Iterable[int]) -> None:
         for p in partitions:

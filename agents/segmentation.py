@@ -105,7 +105,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     )
 
     async def dead_letter(m: Any, rejected: Rejected) -> None:
-        await seg.dlq.send(key=m.key, value=m.value, headers=dead_letter_headers(m, rejected))
+        await seg.dlq.send(
+            key=m.key, value=m.value, headers=dead_letter_headers(m, rejected), force=True
+        )
         metrics.rejected(rejected.reason)
 
     referrals = app.topic(settings.referrals_topic, **raw)
@@ -116,46 +118,58 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     if settings.identity_resolution:
         routing = identity.declare(app, settings)
         identity.register_resolver(app, settings, codecs, routing, dead_letter)
-        merges = identity.Merges(routing, seg.table, codecs, policy)
+        merges = identity.Merges(routing, seg.table, codecs, policy, lambda: app.producer.flush())
         source = routing.resolved
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         clocks.forget(tp.partition for tp in revoked if tp.topic in source.topics)
 
-    async def segmentation(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            m = event.message
-            kind = identity.header(m, identity.KIND)
-            engine = clocks.engine(m.partition)
-            out = Outcome()
-            if merges is not None and kind == identity.MERGE:
-                await merges.on_merge(m)
-                continue
-            if merges is not None and kind == identity.MERGE_IN:
-                await merges.on_merge_in(m, engine, out)
-            elif kind == identity.REFERRAL and m.topic in internal:
-                person = identity.header(m, identity.PERSON) or bytes(m.key).decode()
-                if merges is not None and await merges.forward_referral_if_absorbed(m, person):
-                    continue
-                brand, invitee, at = identity.referral_of(m)
-                engine.on_referral(brand, person, invitee, at, out)
-            else:
-                try:
-                    tp = accept(m.value, int(time.time() * 1000), codecs, limits)
-                except Rejected as rejected:
-                    await dead_letter(m, rejected)
-                    continue
-                person_id = identity.header(m, identity.PERSON) or person_id_for(tp.user)
-                if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
-                    continue
-                metrics.event_consumed(tp)
-                clocks.reassess_pending(m.partition, engine, out)
-                engine.on_event(tp, person_id, m.offset, out)
-            clocks.written(m.partition, out)
+    async def process(m: Any, out: Outcome) -> bool:
+        """One message of the source topic into `out` (states go to the held writes);
+        False when it was dead-lettered or forwarded instead."""
+        kind = identity.header(m, identity.KIND)
+        engine = clocks.engine(m.partition)
+        if merges is not None and kind == identity.MERGE_IN:
+            await merges.on_merge_in(m, engine, out)
+        elif kind == identity.REFERRAL and m.topic in internal:
+            person = identity.header(m, identity.PERSON) or bytes(m.key).decode()
+            if merges is not None and await merges.forward_referral_if_absorbed(m, person):
+                return False
+            brand, invitee, at = identity.referral_of(m)
+            engine.on_referral(brand, person, invitee, at, out)
+        else:
+            try:
+                tp = accept(m.value, int(time.time() * 1000), codecs, limits)
+            except Rejected as rejected:
+                await dead_letter(m, rejected)
+                return False
+            person_id = identity.header(m, identity.PERSON) or person_id_for(tp.user)
+            if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
+                return False
+            metrics.event_consumed(tp)
+            clocks.reassess_pending(m.partition, engine, out)
+            engine.on_event(tp, person_id, m.offset, out)
+        clocks.written(m.partition, out)
+        return True
+
+    async def complete(batch: list[tuple[Any, Outcome, bool]]) -> None:
+        """Send a batch's changes and credits, wait for the broker, then write its states
+        (and wait again), so nothing is acknowledged before it is stored (write_behind)."""
+        for _, out, _ in batch:
             for brand, referrer, invitee, at in out.referrals:
                 headers = identity.referral_headers(brand, invitee, at)
-                await referrals.send(key=referrer.encode(), value=b"", headers=headers)
+                await referrals.send(key=referrer.encode(), value=b"", headers=headers, force=True)
+            for change in out.changes:
+                await seg.changes.send(
+                    key=change.person_id.encode(), value=codecs.encode_change(change), force=True
+                )
+        await app.producer.flush()
+        clocks.flush()
+        await app.producer.flush()
+        for m, out, processed in batch:
+            if not processed:
+                continue
             if out.duplicate:
                 metrics.duplicate_dropped()
             if out.late:
@@ -163,11 +177,24 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             if out.redelivered:
                 metrics.redelivered_skipped()
             for change in out.changes:
-                await seg.changes.send(
-                    key=change.person_id.encode(), value=codecs.encode_change(change)
-                )
                 metrics.segment_change(change, m.timestamp)
             metrics.event_processed(m.time_in)
+        batch.clear()
+
+    async def segmentation(stream: faust.StreamT) -> None:
+        batching = stream.take_events(settings.worker_batch_events, settings.worker_batch_seconds)
+        async for events in batching:
+            batch: list[tuple[Any, Outcome, bool]] = []
+            for event in events:
+                m = event.message
+                if merges is not None and identity.header(m, identity.KIND) == identity.MERGE:
+                    await complete(batch)  # a merge reads and moves stored states
+                    with identity.current(event):
+                        await merges.on_merge(m)
+                    continue
+                out = Outcome()
+                batch.append((m, out, await process(m, out)))
+            await complete(batch)
 
     app.agent(source, name="segmentation")(segmentation)
     return seg

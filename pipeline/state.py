@@ -690,6 +690,11 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
     return merged
 
 
+def merge_id(absorbed_id: str) -> str:
+    """The cause of a merge's changes, and its entry among the survivor's recent ids."""
+    return f"merge:{absorbed_id}"
+
+
 def merge(
     survivor: PersonState,
     absorbed: PersonState,
@@ -707,10 +712,12 @@ def merge(
         agg = absorbed.agg
     else:
         agg = merge_aggregates(survivor.agg, absorbed.agg)
-    cause = f"merge:{absorbed_id}"
+    cause = merge_id(absorbed_id)
     at = max(survivor.as_of, absorbed.as_of)
     state, changes = _recompute(survivor, agg, brand, survivor_id, cause, at, policy)
-    recent = (*state.recent_event_ids, *absorbed.recent_event_ids)[-policy.dedup_window :]
+    # the merge's own id last, so a repeated merge of the same person is recognised
+    recent = (*state.recent_event_ids, *absorbed.recent_event_ids, cause)
+    recent = recent[-policy.dedup_window :]
     identity = SegmentChange(
         brand=brand,
         person_id=survivor_id,

@@ -1,0 +1,75 @@
+"""The engines' view of the state table: reads go to the table, a batch's writes wait.
+
+Why: a state in the changelog marks its events as applied (a redelivered event at or
+below `last_offset` is skipped), so the segment changes those events produced must be
+acknowledged by the broker *before* the state reaches the changelog. Otherwise a crash
+between the two would lose the changes for good. The segmentation agent therefore sends
+a batch's changes, waits for the broker, and only then writes the batch's states
+(`flush`); a crash before that replays the batch from the same states and re-sends the
+same changes with the same (person, seq) — a duplicate consumers drop, never a gap.
+
+Writing once per batch also means a person touched many times in a batch is encoded and
+sent to the changelog once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from pipeline.state import PersonState
+
+_DELETED = None
+
+
+class WriteBehind(MutableMapping[bytes, PersonState]):
+    """One events partition's writes to a Faust table, held until `flush`."""
+
+    def __init__(self, table: Any, partition: int) -> None:
+        self.table = table
+        self.partition = partition  # the changelog partition of every key written here
+        self._pending: dict[bytes, PersonState | None] = {}
+
+    def __getitem__(self, key: bytes) -> PersonState:
+        if key in self._pending:
+            value = self._pending[key]
+            if value is _DELETED:
+                raise KeyError(key)
+            return value
+        found: PersonState = self.table.data[key]  # the store itself: no Faust event needed
+        return found
+
+    def __setitem__(self, key: bytes, value: PersonState) -> None:
+        self._pending[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self[key]  # KeyError when absent, like a dict
+        self._pending[key] = _DELETED
+
+    def __iter__(self) -> Iterator[bytes]:
+        for key in self.table.data:
+            if self._pending.get(key, True) is not _DELETED:
+                yield key
+        for key, value in self._pending.items():
+            if value is not _DELETED and key not in self.table.data:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write the held states to the table and queue their changelog records (the
+        producer sends them; the caller flushes the producer before acknowledging)."""
+        data = self.table.data
+        for key, value in self._pending.items():
+            if value is _DELETED:
+                data.pop(key, None)
+                self.table.send_changelog(self.partition, key, None, value_serializer="raw")
+            else:
+                data[key] = value
+                self.table.send_changelog(self.partition, key, value)
+        self._pending.clear()
