@@ -8,6 +8,7 @@ identity resolution, merges and forwarding are handled by `agents.identity`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -118,12 +119,22 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     if settings.identity_resolution:
         routing = identity.declare(app, settings)
         identity.register_resolver(app, settings, codecs, routing, dead_letter)
-        merges = identity.Merges(routing, seg.table, codecs, policy, lambda: app.producer.flush())
+        merges = identity.Merges(routing, seg.table, codecs, policy, lambda: drain())
         source = routing.resolved
+
+    # A batch is completed (changes sent, states written) or not at all while partitions
+    # are handed over: the revoke handler waits for a batch in progress, then drops the
+    # held writes of revoked partitions (their events were not acknowledged: the new
+    # owner processes them again from the changelog's states).
+    handover = asyncio.Lock()
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        clocks.forget(tp.partition for tp in revoked if tp.topic in source.topics)
+        async with handover:
+            clocks.forget(tp.partition for tp in revoked if tp.topic in source.topics)
+
+    def owned(m: Any) -> bool:
+        return m.tp in app.consumer.assignment()
 
     async def process(m: Any, out: Outcome) -> bool:
         """One message of the source topic into `out` (states go to the held writes);
@@ -153,6 +164,15 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         clocks.written(m.partition, out)
         return True
 
+    async def drain() -> None:
+        """Until the broker has stored everything sent so far. Faust's own flush can
+        return with table writes still in its buffer (it gives up after 0.1 s without
+        progress), so the buffer is emptied first."""
+        producer = app.producer
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await producer.flush()
+
     async def complete(batch: list[tuple[Any, Outcome, bool]]) -> None:
         """Send a batch's changes and credits, wait for the broker, then write its states
         (and wait again), so nothing is acknowledged before it is stored (write_behind)."""
@@ -164,9 +184,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 await seg.changes.send(
                     key=change.person_id.encode(), value=codecs.encode_change(change), force=True
                 )
-        await app.producer.flush()
+        await drain()
         clocks.flush()
-        await app.producer.flush()
+        await drain()
         for m, out, processed in batch:
             if not processed:
                 continue
@@ -184,17 +204,30 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     async def segmentation(stream: faust.StreamT) -> None:
         batching = stream.take_events(settings.worker_batch_events, settings.worker_batch_seconds)
         async for events in batching:
-            batch: list[tuple[Any, Outcome, bool]] = []
+            # take_events acknowledges a batch's events when the next is taken — and also
+            # when the stream stops, finished or not. Holding one more reference on each
+            # message until the batch is complete keeps an unfinished batch uncommitted.
             for event in events:
-                m = event.message
-                if merges is not None and identity.header(m, identity.KIND) == identity.MERGE:
-                    await complete(batch)  # a merge reads and moves stored states
-                    with identity.current(event):
-                        await merges.on_merge(m)
-                    continue
-                out = Outcome()
-                batch.append((m, out, await process(m, out)))
-            await complete(batch)
+                event.message.incref()
+            async with handover:
+                await process_batch(events)
+            for event in events:
+                event.ack()
+
+    async def process_batch(events: Any) -> None:
+        batch: list[tuple[Any, Outcome, bool]] = []
+        for event in events:
+            m = event.message
+            if not owned(m):
+                continue  # taken before a rebalance moved its partition away
+            if merges is not None and identity.header(m, identity.KIND) == identity.MERGE:
+                await complete(batch)  # a merge reads and moves stored states
+                with identity.current(event):
+                    await merges.on_merge(m)
+                continue
+            out = Outcome()
+            batch.append((m, out, await process(m, out)))
+        await complete(batch)
 
     app.agent(source, name="segmentation")(segmentation)
     return seg

@@ -61,6 +61,7 @@ class TrafficGenerator:
         new_customer_share: float = 0.08,
         churn_share: float = 0.002,
         second_channel_share: float = 0.01,
+        referrals: bool = True,
     ) -> None:
         self._rng = random.Random(seed)
         self._key = pii_key
@@ -68,6 +69,9 @@ class TrafficGenerator:
         self._new_share = new_customer_share
         self._churn_share = churn_share
         self._second_share = second_channel_share
+        # False: no join names a referrer, so no credit crosses partitions (the fault
+        # suite needs every person's changes to depend on their own events only)
+        self._referrals = referrals
         self._customers: list[_Customer] = []
         self._weights: list[float] = []
         self._serial = 0
@@ -94,7 +98,8 @@ class TrafficGenerator:
         )
         source = rng.choice(SOURCES)
         same_brand = [o for o in self._customers if o.brand == c.brand]
-        referrer = rng.choice(same_brand).user if source == "referral" and same_brand else None
+        referred = source == "referral" and bool(same_brand) and self._referrals
+        referrer = rng.choice(same_brand).user if referred else None
         self._customers.append(c)
         self._weights.append(c.weight)
         kind = {"wecom": "add_friend", "community": "join_group", "store": "register"}

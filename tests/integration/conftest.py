@@ -27,11 +27,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield b
 
 
-@pytest.fixture(scope="session")
-def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
-
-
 @pytest.fixture
 def settings(tmp_path: Path, broker: EmbeddedBroker, chdb_dsn: str) -> Settings:
     tag = uuid.uuid4().hex[:8]

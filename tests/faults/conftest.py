@@ -1,0 +1,67 @@
+"""Fault tests: each test gets its own Tansu broker (a test may stop it with SIGSTOP) and
+its own topics, consumer groups and ClickHouse database on the session's chDB engine.
+
+Workers run without identity resolution (see harness: the reference must be exact) and
+with a short group session, so a killed worker's partitions move on within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.broker import EmbeddedBroker, ensure_topics
+from pipeline.settings import Settings
+from sinks.writer import ClickHouseSink
+from tests.integration.helpers import PII_KEY
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
+        yield b
+
+
+@pytest.fixture
+async def fault_settings(tmp_path: Path, own_broker: EmbeddedBroker, chdb_dsn: str) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(
+        kafka_bootstrap=own_broker.bootstrap,
+        broker_compat="tansu",
+        app_id=f"tf-{tag}",
+        events_topic=f"t{tag}.events",
+        changes_topic=f"t{tag}.segment-changes",
+        dlq_topic=f"t{tag}.dlq",
+        links_topic=f"t{tag}.identity-links",
+        resolved_topic=f"t{tag}.resolved",
+        referrals_topic=f"t{tag}.referrals",
+        thresholds_topic=f"t{tag}.rfm-thresholds",
+        partitions=4,
+        identity_resolution=False,
+        worker_session_timeout_seconds=6,
+        clickhouse_dsn=chdb_dsn,
+        clickhouse_database=f"t_{tag}",
+        sink_group=f"t{tag}-sink",
+        sink_flush_seconds=0.2,
+        data_dir=tmp_path / "var",
+        pii_key=PII_KEY,
+    )
+    await ensure_topics(s.kafka_bootstrap, s)
+    return s
+
+
+@pytest.fixture
+async def fault_sink(fault_settings: Settings) -> AsyncIterator[ClickHouseSink]:
+    """The Kafka -> ClickHouse sink in this process (chDB is one engine per process)."""
+    s = ClickHouseSink(fault_settings, fault_settings.kafka_bootstrap)
+    await s.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(s.run(stop))
+    yield s
+    stop.set()
+    await task
+    s.close()

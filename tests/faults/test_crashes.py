@@ -1,0 +1,89 @@
+"""Workers die (kill -9), stop (SIGTERM) and come back: nothing lost, nothing changed.
+
+Quick versions run in `make test`; the full ones (issue sizes) in `make test-faults`.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import Settings
+from sinks.writer import ClickHouseSink
+from tests.faults import harness as h
+from tests.integration.helpers import async_wait_until
+
+
+@dataclass(frozen=True)
+class Size:
+    events: int
+    kills: int
+    timeout: float  # seconds for the whole topic to be processed after the last fault
+
+
+QUICK = Size(events=6_000, kills=1, timeout=240)
+FULL = Size(events=200_000, kills=3, timeout=1800)
+SIZES = [
+    pytest.param(QUICK, id="quick"),
+    pytest.param(FULL, id="full", marks=pytest.mark.faults),
+]
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_kill_9_at_random_points_loses_and_changes_nothing(
+    fault_settings: Settings, fault_sink: ClickHouseSink, tmp_path: Path, size: Size
+) -> None:
+    s = fault_settings
+    await h.publish(s, h.encoded(h.workload(size.events)))
+    rng = random.Random(size.events)
+    # Kill points: random shares of the topic committed, one per kill, increasing.
+    points = sorted(rng.uniform(0.1, 0.9) for _ in range(size.kills))
+    workers = [h.worker(s, tmp_path, "worker-0")]
+    for i, share in enumerate(points):
+
+        async def reached(share: float = share) -> bool:
+            return await h.committed(s) >= share * size.events
+
+        await async_wait_until(reached, size.timeout, f"{share:.0%} of the events committed")
+        time.sleep(rng.uniform(0, 0.5))  # not a wait: a random point inside a batch
+        assert workers[-1].stop(signal.SIGKILL) == -signal.SIGKILL
+        workers.append(h.worker(s, tmp_path, f"worker-{i + 1}"))
+    await h.wait_processed(s, workers, size.timeout)
+
+    ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
+    got = await h.collect(s)
+    assert ref.changes, "the workload moved nobody: the comparison would prove nothing"
+    print(f"{len(ref.changes)} changes, {len(ref.states)} states, {got.duplicates} repeats")
+    assert h.differences(ref, got) == []
+    assert await h.store_differences(fault_sink, s, ref, size.timeout) == []
+    for w in workers:
+        w.stop()
+
+
+async def test_sigterm_stops_within_10_s_and_the_restart_resumes(
+    fault_settings: Settings, tmp_path: Path
+) -> None:
+    s = fault_settings
+    events = h.workload(QUICK.events)
+    await h.publish(s, h.encoded(events[: len(events) // 2]))
+    first = h.worker(s, tmp_path, "worker-0")
+
+    async def some() -> bool:
+        return await h.committed(s) > 0
+
+    await async_wait_until(some, 120, "the first events committed")
+    started = time.monotonic()
+    assert first.stop(signal.SIGTERM, timeout=10) == 0, first.log_tail()
+    assert time.monotonic() - started < 10
+
+    await h.publish(s, h.encoded(events[len(events) // 2 :]))
+    second = h.worker(s, tmp_path, "worker-1")
+    await h.wait_processed(s, [second], QUICK.timeout)
+    ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
+    assert h.differences(ref, await h.collect(s)) == []
+    second.stop()
