@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     # be ordered before due times; later ones are applied, scored at the newer clock, and
     # counted as late.
     allowed_lateness_seconds: float = Field(default=300.0, ge=0)
+    # The worker applies events in micro-batches: up to this many, or what arrived within
+    # this many seconds. A batch's segment changes are acknowledged by the broker before
+    # its states are written to the changelog (docs/reliability.md).
+    worker_batch_events: int = Field(default=500, ge=1)
+    worker_batch_seconds: float = Field(default=0.05, gt=0)
+    # A worker that died unannounced (kill -9, lost node) holds its partitions this long
+    # before the group gives them to others (Faust's broker_session_timeout).
+    worker_session_timeout_seconds: float = Field(default=60.0, ge=6)
     brands: list[str] = []  # empty: accept any brand slug
     max_message_bytes: int = 64 * 1024
 
@@ -142,19 +150,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_kafka_security(self) -> Settings:
-    # The worker applies events in micro-batches: up to this many, or what arrived within
-    # this many seconds. A batch's segment changes are acknowledged by the broker before
-    # its states are written to the changelog (docs/reliability.md).
-    worker_batch_events: int = Field(default=500, ge=1)
-    worker_batch_seconds: float = Field(default=0.05, gt=0)
-    # A worker that died unannounced (kill -9, lost node) holds its partitions this long
-    # before the group gives them to others (Faust's broker_session_timeout).
-    worker_session_timeout_seconds: float = Field(default=60.0, ge=6)
-    # The worker applies events in micro-batches: up to this many, or what arrived within
-    # this many seconds. A batch's segment changes are acknowledged by the broker before
-    # its states are written to the changelog (docs/reliability.md).
-    worker_batch_events: int = Field(default=500, ge=1)
-    worker_batch_seconds: float = Field(default=0.05, gt=0)
         protocol = self.security_protocol
         if protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
             raise ValueError(f"security_protocol {protocol} needs sasl_username and sasl_password")
