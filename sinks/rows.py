@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.events import Join, Purchase, Refund, Share, Touchpoint
+from pipeline.identity import seed_of
 from pipeline.state import PersonState, SegmentChange
 
 EVENT_COLUMNS = (
     "event_id", "type", "brand", "channel", "person_id", "id_type", "user_id", "occurred_at",
     "amount_minor", "order_id", "source", "related_id", "src_partition", "src_offset",
+    "related_person",
 )  # fmt: skip
 
 STATE_COLUMNS = (
@@ -29,17 +31,18 @@ CHANGE_COLUMNS = (
 
 def event_row(e: Touchpoint, person_id: str, partition: int, offset: int) -> list[Any]:
     p = e.payload
-    amount, order_id, source, related = 0, "", "", ""
+    amount, order_id, source, related, related_person = 0, "", "", "", ""
     if isinstance(p, Purchase | Refund):
         amount, order_id = p.amount_minor, p.order_id
     elif isinstance(p, Join):
         source = p.source or ""
-        related = p.referrer.id if p.referrer else ""
-    elif isinstance(p, Share):
-        related = p.invitee.id if p.invitee else ""
+        if p.referrer:
+            related, related_person = p.referrer.id, seed_of(p.referrer)
+    elif isinstance(p, Share) and p.invitee:
+        related, related_person = p.invitee.id, seed_of(p.invitee)
     return [
         e.event_id, e.type.value, e.brand, e.channel, person_id, e.user.id_type, e.user.id,
-        e.occurred_at, amount, order_id, source, related, partition, offset,
+        e.occurred_at, amount, order_id, source, related, partition, offset, related_person,
     ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -23,6 +24,28 @@ def connect(dsn: str, database: str | None = None) -> Client:
     if database is not None and not _IDENT.match(database):
         raise ValueError(f"clickhouse database name {database!r} is not a plain identifier")
     return clickhouse_connect.get_client(dsn=dsn, database=database)
+
+
+# Per-insert settings the sink wants, on whatever server it talks to:
+# - insert_deduplicate: drop an insert whose token was seen (server default 1; be explicit);
+# - async_insert = 0: an asynchronous insert is deduplicated only with
+#   async_insert_deduplicate, and chDB turns async inserts on by default.
+INSERT_SETTINGS: dict[str, Any] = {"insert_deduplicate": 1, "async_insert": 0}
+
+
+def supported(wanted: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """The settings of `wanted` this server knows (`known`: names in system.settings); the
+    others are left out, so a statement stays valid on chDB and on every server version."""
+    return {k: v for k, v in wanted.items() if k in known}
+
+
+def insert_settings(client: Client) -> dict[str, Any]:
+    names = [str(k) for k in INSERT_SETTINGS]
+    found = client.query(
+        "SELECT name FROM system.settings WHERE has({names:Array(String)}, name)",
+        parameters={"names": names},
+    ).result_rows
+    return supported(INSERT_SETTINGS, {str(r[0]) for r in found})
 
 
 def migrations() -> list[tuple[int, str, str]]:

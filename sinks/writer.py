@@ -1,10 +1,18 @@
-"""Kafka -> ClickHouse sink: columnar-ish batches, dedup tokens, commit after store.
+"""Kafka -> ClickHouse sink: batches, deduplication tokens, commit after store.
 
 Reads three topics with its own consumer group: accepted events, segment changes and the
-state table's changelog. A batch is flushed when it holds `sink_batch_rows` rows or is
-`sink_flush_seconds` old; offsets are committed only after every table of the batch is
-stored. While a flush is retrying nothing more is fetched, so memory stays bounded and the
-broker keeps the backlog (back-pressure instead of dropping).
+state table's changelog. A batch is flushed when it holds `sink_batch_rows` messages or is
+`sink_flush_seconds` old; offsets are committed only after every insert of the batch is
+stored. The buffer is bounded: a fetch asks for no more than the room left in the batch,
+and nothing is fetched while a flush (or its retries) runs, so the broker keeps the
+backlog (back-pressure instead of growing or dropping).
+
+Exactly-once into ClickHouse despite at-least-once delivery (docs/storage.md): each insert
+holds the rows of *one* source partition's offset span and carries a token naming that
+span. Before inserting, the sink records the spans it is about to insert (`sink_intents`);
+after a crash between insert and commit, a restarted sink finds the intent that starts at
+its committed offset and cuts its first insert of that partition at exactly the same last
+offset, so the insert carries the same token and ClickHouse drops it.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,27 +42,79 @@ log = logging.getLogger(__name__)
 
 EVENTS, STATE, CHANGES = "events", "person_state", "segment_changes"
 COLUMNS = {EVENTS: rows.EVENT_COLUMNS, STATE: rows.STATE_COLUMNS, CHANGES: rows.CHANGE_COLUMNS}
+INTENTS = "sink_intents"
+INTENT_COLUMNS = ("consumer_group", "topic", "partition", "first_offset", "last_offset")
+
+
+def insert_token(table: str, topic: str, partition: int, first: int, last: int) -> str:
+    """The deduplication token of the insert of `topic`/`partition` offsets first..last:
+    the same span always gives the same token, whatever else the batch held."""
+    span = f"{table}|{topic}|{partition}|{first}|{last}"
+    return f"{table}:{partition}:{first}-{last}:" + hashlib.sha256(span.encode()).hexdigest()[:16]
 
 
 @dataclass
-class _Batch:
-    rows: dict[str, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
-    # (topic, partition) -> (first offset, last offset) consumed into this batch
-    spans: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+class Span:
+    """What a batch took from one source partition: offsets first..last and their rows."""
+
+    first: int
+    last: int
+    rows: list[list[Any]] = field(default_factory=list)
+    messages: int = 0
+
+
+@dataclass
+class Batch:
+    spans: dict[TopicPartition, Span] = field(default_factory=dict)
+    messages: int = 0
     started: float = 0.0
 
-    def note(self, tp: TopicPartition, first: int, last: int) -> None:
+    def add(self, tp: TopicPartition, offset: int, row: list[Any] | None) -> None:
+        """Take the message at `offset` (and its row, if it makes one)."""
         if not self.spans:
             self.started = time.monotonic()
-        lo, _ = self.spans.get(tp, (first, last))
-        self.spans[tp] = (lo, last)
+        span = self.spans.get(tp)
+        if span is None:
+            span = self.spans[tp] = Span(offset, offset)
+        span.last = offset
+        if row is not None:
+            span.rows.append(row)
+        span.messages += 1
+        self.messages += 1
 
-    def token(self, table: str) -> str:
-        """Same source offsets -> same token, so ClickHouse drops a retried insert."""
-        span = ",".join(
-            f"{tp.topic}/{tp.partition}:{a}-{b}" for tp, (a, b) in sorted(self.spans.items())
-        )
-        return f"{table}:" + hashlib.sha256(span.encode()).hexdigest()[:32]
+    def commits(self) -> dict[TopicPartition, int]:
+        """The offsets to commit once every span is stored: the next one to read."""
+        return {tp: span.last + 1 for tp, span in self.spans.items()}
+
+    def hold_back(self, pending: set[TopicPartition]) -> Batch:
+        """Take out the spans of `pending` partitions (a replayed span not complete yet: it
+        must be inserted whole, as first recorded) and return them as the next batch."""
+        held = {tp: self.spans.pop(tp) for tp in pending if tp in self.spans}
+        for span in held.values():
+            self.messages -= span.messages
+        return Batch(held, sum(sp.messages for sp in held.values()), time.monotonic())
+
+
+def columnar(table_rows: list[list[Any]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column: what clickhouse-connect sends without re-pivoting."""
+    if not table_rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*table_rows, strict=True)]
+
+
+def take(msgs: list[Any], cap: int | None) -> tuple[list[Any], bool]:
+    """The messages of one fetch the batch may take from a partition: all of them, or with a
+    replay cap (the last offset of an intent being re-formed) those up to it. The flag says
+    the cap was reached, so the batch must be flushed before that partition goes on."""
+    if cap is None:
+        return msgs, False
+    kept = [m for m in msgs if m.offset <= cap]
+    # Reached also when the cap's own offset is gone (compacted away) and later ones came.
+    return kept, bool(msgs) and msgs[-1].offset >= cap
+
+
+class Abandoned(Exception):
+    """The sink was stopped while a batch could not be stored; its offsets stay uncommitted."""
 
 
 class ClickHouseSink:
@@ -67,13 +126,20 @@ class ClickHouseSink:
         # chDB is one engine per process and not async: every call goes through one thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
+        self._insert_settings: dict[str, Any] = {}
         self._quantiles: asyncio.Task[None] | None = None  # the thresholds schedule, if on
         self._stop_metrics: Any = None  # stops the /metrics server, if sink_metrics_port
+        # topic -> (table, message -> row or None)
         self._route = {
-            settings.events_topic: self._event_rows,
-            settings.changes_topic: self._change_rows,
-            settings.changelog_topic: self._state_rows,
+            settings.events_topic: (EVENTS, self._event_row),
+            settings.changes_topic: (CHANGES, self._change_row),
+            settings.changelog_topic: (STATE, self._state_row),
         }
+        self._next: dict[TopicPartition, int] = {}  # next offset expected per partition
+        self._caps: dict[TopicPartition, int] = {}  # replay: cut this partition's span here
+        self._stop = asyncio.Event()
+        self.buffered = 0  # messages held in the current batch (never > sink_batch_rows)
+        self.peak_buffered = 0
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -83,36 +149,34 @@ class ClickHouseSink:
         dsn, db = self.settings.resolved_clickhouse_dsn(), self.settings.clickhouse_database
         await self._call(store.migrate, dsn, db)
         self._client = await self._call(store.connect, dsn, db)
+        self._insert_settings = await self._call(store.insert_settings, self._client)
         metrics.sink_tables(COLUMNS)
         if self.settings.sink_metrics_port:
             self._stop_metrics = metrics.serve(metrics.SINK, self.settings.sink_metrics_port)
 
     # -- decoding ------------------------------------------------------------------------
 
-    def _event_rows(self, batch: _Batch, msg: Any) -> None:
+    def _event_row(self, msg: Any) -> list[Any] | None:
         try:
             e = accept(msg.value, int(time.time() * 1000), self.codecs, self.limits)
         except Rejected:
-            return  # the worker dead-letters it; nothing to store
-        batch.rows[EVENTS].append(
-            rows.event_row(e, person_id_for(e.user), msg.partition, msg.offset)
-        )
+            return None  # the worker dead-letters it; nothing to store
+        return rows.event_row(e, person_id_for(e.user), msg.partition, msg.offset)
 
-    def _change_rows(self, batch: _Batch, msg: Any) -> None:
-        batch.rows[CHANGES].append(rows.change_row(self.codecs.decode_change(msg.value)))
+    def _change_row(self, msg: Any) -> list[Any] | None:
+        return rows.change_row(self.codecs.decode_change(msg.value))
 
-    def _state_rows(self, batch: _Batch, msg: Any) -> None:
+    def _state_row(self, msg: Any) -> list[Any] | None:
         if msg.value is None:
-            return  # tombstone: a deleted key; the store keeps the last state
+            return None  # tombstone: a deleted key; the store keeps the last state
         brand, person_id = split_state_key(msg.key.decode())
-        batch.rows[STATE].append(
-            rows.state_row(brand, person_id, self.codecs.decode_state(msg.value))
-        )
+        return rows.state_row(brand, person_id, self.codecs.decode_state(msg.value))
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        self._stop = stop
         if s.rfm_quantile_brands and s.rfm_quantiles_every_seconds > 0:
             self._quantiles = asyncio.create_task(quantiles.refresh_every(self.query, s, stop))
         consumer = AIOKafkaConsumer(
@@ -125,53 +189,139 @@ class ClickHouseSink:
             **client_options(s),
         )
         await consumer.start()
-        batch = _Batch()
+        batch = Batch()
         try:
             while not stop.is_set():
-                fetched = await consumer.getmany(timeout_ms=200, max_records=s.sink_batch_rows)
+                # Bounded buffer: fetch at most the room left; a full batch is flushed below.
+                # (At least 1: a replayed span held back may fill a batch made smaller since.)
+                room = max(1, s.sink_batch_rows - batch.messages)
+                fetched = await consumer.getmany(timeout_ms=200, max_records=room)
+                capped = False
                 for tp, msgs in fetched.items():
-                    route = self._route[tp.topic]
-                    for msg in msgs:
-                        route(batch, msg)
-                    batch.note(tp, msgs[0].offset, msgs[-1].offset)
-                full = sum(len(r) for r in batch.rows.values()) >= s.sink_batch_rows
+                    capped |= await self._take(batch, consumer, tp, msgs)
+                self.buffered = batch.messages
+                self.peak_buffered = max(self.peak_buffered, batch.messages)
+                full = batch.messages >= s.sink_batch_rows
                 due = batch.spans and time.monotonic() - batch.started >= s.sink_flush_seconds
-                if full or due:
-                    await self._flush(batch, consumer)
-                    batch = _Batch()
+                if full or due or capped:
+                    batch = await self._flush(batch, consumer)
+                    self.buffered = batch.messages
             if batch.spans:
                 await self._flush(batch, consumer)
+        except Abandoned as gave_up:
+            log.warning("%s: %d messages left for the next start", gave_up, batch.messages)
         finally:
             await consumer.stop()
 
-    async def _flush(self, batch: _Batch, consumer: AIOKafkaConsumer) -> None:
+    async def _take(
+        self, batch: Batch, consumer: AIOKafkaConsumer, tp: TopicPartition, msgs: list[Any]
+    ) -> bool:
+        """Add one partition's fetched messages to the batch; True when a replayed span is
+        complete (the batch must be flushed now)."""
+        if not msgs:
+            return False
+        expected = self._next.get(tp)
+        if expected is None or msgs[0].offset < expected:  # (re)started: an intent to re-form?
+            await self._find_intent(tp, msgs[0].offset, batch)
+        to_row = self._route[tp.topic][1]
+        cap = self._caps.get(tp)
+        kept, reached = take(msgs, cap)
+        for msg in kept:
+            batch.add(tp, msg.offset, to_row(msg))
+        if reached:
+            assert cap is not None
+            del self._caps[tp]
+            consumer.seek(tp, cap + 1)  # what lay beyond comes again, in the next batch
+            self._next[tp] = cap + 1
+        elif kept:
+            self._next[tp] = kept[-1].offset + 1
+        return reached
+
+    async def _find_intent(self, tp: TopicPartition, offset: int, batch: Batch) -> None:
+        """A span recorded as about to be inserted that `offset` falls in: re-form it."""
+        found = await self._retry(
+            INTENTS,
+            self.query,
+            f"SELECT first_offset, last_offset FROM {INTENTS} FINAL"
+            " WHERE consumer_group = {g:String} AND topic = {t:String}"
+            " AND partition = {p:UInt32} AND first_offset <= {o:UInt64}"
+            " AND last_offset >= {o:UInt64} ORDER BY first_offset DESC LIMIT 1",
+            {"g": self.settings.sink_group, "t": tp.topic, "p": tp.partition, "o": offset},
+        )
+        self._caps.pop(tp, None)
+        if tp in batch.spans:  # a rebalance handed back a partition mid-batch: start afresh
+            log.warning("%s/%d restarts at %d inside a batch", tp.topic, tp.partition, offset)
+        if found:
+            first, last = int(found[0][0]), int(found[0][1])
+            log.info("re-forming %s/%d offsets %d-%d after a restart", *tp, first, last)
+            self._caps[tp] = last
+            # The token names the recorded span, even if compaction removed its first offsets.
+            batch.spans[tp] = Span(first, first)
+            if not batch.started:
+                batch.started = time.monotonic()
+
+    async def _flush(self, batch: Batch, consumer: AIOKafkaConsumer) -> Batch:
+        """Store and commit the batch; returns the next one (replayed spans held back)."""
+        following = batch.hold_back(set(self._caps))
+        if batch.spans:
+            await self._store(batch, consumer)
+        return following
+
+    async def _store(self, batch: Batch, consumer: AIOKafkaConsumer) -> None:
         started = time.monotonic()
-        for table, table_rows in batch.rows.items():
-            if table_rows:
-                await self._insert_with_retry(table, table_rows, batch.token(table))
-                metrics.sink_stored(table, len(table_rows))
+        group = self.settings.sink_group
+        intents = [
+            [group, tp.topic, tp.partition, sp.first, sp.last] for tp, sp in batch.spans.items()
+        ]
+        await self._insert_with_retry(INTENTS, intents, INTENT_COLUMNS, None)
+        for tp, span in sorted(batch.spans.items()):
+            if span.rows:
+                table = self._route[tp.topic][0]
+                token = insert_token(table, tp.topic, tp.partition, span.first, span.last)
+                await self._insert_with_retry(table, span.rows, COLUMNS[table], token)
+                metrics.sink_stored(table, len(span.rows))
         # Commit exactly what this batch consumed, after it is stored.
-        await consumer.commit({tp: last + 1 for tp, (_, last) in batch.spans.items()})
+        await self._commit(consumer, batch.commits())
         metrics.sink_batch_done(time.monotonic() - started)
 
-    async def _insert_with_retry(self, table: str, table_rows: list[list[Any]], token: str) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        await consumer.commit(offsets)
+
+    async def _insert_with_retry(
+        self, table: str, table_rows: list[list[Any]], columns: tuple[str, ...], token: str | None
+    ) -> None:
+        settings = dict(self._insert_settings)
+        if token is not None:
+            settings["insert_deduplication_token"] = token
+        data = columnar(table_rows, len(columns))
+        await self._retry(
+            table,
+            self._call,
+            self._client.insert,
+            table,
+            data,
+            column_names=columns,
+            column_oriented=True,
+            settings=settings,
+        )
+
+    async def _retry(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call until it succeeds, backing off; meanwhile nothing more is fetched. Asked to
+        stop meanwhile, it gives the batch up: not committed, it is read again next time."""
         delay = 0.2
         while True:
             try:
-                await self._call(
-                    self._client.insert,
-                    table,
-                    table_rows,
-                    column_names=COLUMNS[table],
-                    settings={"insert_deduplication_token": token},
-                )
-                return
+                return await fn(*args, **kwargs)
             except Exception as exc:  # any store error: keep the batch, back off, try again
-                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
-                metrics.sink_insert_failed(table)
-                await asyncio.sleep(delay)
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                metrics.sink_insert_failed(what)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                    raise Abandoned(f"stopped while retrying {what}") from exc
+                except TimeoutError:
+                    pass
                 delay = min(delay * 2, 30.0)
-                metrics.sink_insert_retried(table)
+                metrics.sink_insert_retried(what)
 
     async def query(
         self, sql: str, parameters: dict[str, Any] | None = None

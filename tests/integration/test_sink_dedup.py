@@ -1,0 +1,146 @@
+"""The sink on the real broker and chDB: a crash between insert and offset commit, then a
+restart that re-reads the same offsets, stores nothing twice; and while ClickHouse refuses
+inserts the sink holds a bounded batch and fetches nothing more (back-pressure).
+
+Duplicates are counted on the raw table (no FINAL) with merges stopped, so a background
+merge of the ReplacingMergeTree cannot hide a duplicate and let the test pass by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from pipeline import metrics
+from pipeline.events import Chat, EventType, Purchase, Touchpoint, UserRef
+from pipeline.settings import Settings
+from sinks import store
+from sinks.writer import ClickHouseSink
+from tests.integration.helpers import async_wait_until, publish
+
+pytestmark = pytest.mark.integration
+
+
+class Crash(Exception):
+    """The sink process dying right after its inserts, before the offset commit."""
+
+
+class CrashBeforeCommit(ClickHouseSink):
+    async def _commit(self, consumer: Any, offsets: dict[TopicPartition, int]) -> None:
+        raise Crash(offsets)
+
+
+def events(first: int, count: int) -> list[Touchpoint | bytes]:
+    at = int(time.time() * 1000) - 3_600_000
+    out: list[Touchpoint | bytes] = []
+    for i in range(first, first + count):
+        user = UserRef("openid", f"h1:{i:032x}")
+        if i % 3 == 0:
+            payload: Any = Purchase(f"o-{i}", 1_000 + i)
+            etype = EventType.PURCHASE
+        else:
+            payload, etype = Chat("inbound", "customer"), EventType.CHAT
+        out.append(Touchpoint(f"e-{i}", etype, "lumi", "wecom", user, at + i, payload))
+    return out
+
+
+def stored(client: Any) -> tuple[int, int, int]:
+    """(raw rows, distinct event ids, rows in active parts) of the events table."""
+    raw, distinct = client.query("SELECT count(), uniqExact(event_id) FROM events").result_rows[0]
+    parts = client.query(
+        "SELECT sum(rows) FROM system.parts WHERE database = currentDatabase()"
+        " AND table = 'events' AND active"
+    ).result_rows[0][0]
+    return int(raw), int(distinct), int(parts)
+
+
+@pytest.fixture
+def client(topics: Settings) -> Any:
+    store.migrate(topics.resolved_clickhouse_dsn(), topics.clickhouse_database)
+    c = store.connect(topics.resolved_clickhouse_dsn(), topics.clickhouse_database)
+    c.command("SYSTEM STOP MERGES events")  # duplicates stay visible in the raw count
+    yield c
+    c.command("SYSTEM START MERGES events")
+
+
+async def run_until(sink: ClickHouseSink, done: Any, what: str) -> None:
+    await sink.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        await async_wait_until(done, 60, what)
+    finally:
+        stop.set()
+        await task
+        sink.close()
+
+
+async def test_a_crash_between_insert_and_commit_stores_nothing_twice(
+    topics: Settings, client: Any
+) -> None:
+    settings = topics.model_copy(update={"sink_batch_rows": 1_000, "sink_flush_seconds": 0.5})
+    await publish(settings, events(0, 30))
+
+    crashing = CrashBeforeCommit(settings, settings.kafka_bootstrap)
+    await crashing.start()
+    with pytest.raises(Crash) as crashed:
+        await asyncio.wait_for(crashing.run(asyncio.Event()), 60)
+    crashing.close()
+    first_inserted, _, _ = stored(client)
+    assert first_inserted > 0, "the crashed sink had stored its batch"
+    assert crashed.value.args[0], "offsets it meant to commit"
+
+    # More arrives while it is down: the restarted sink's first fetch reaches further than
+    # the crashed batch did, so a token of "whatever the batch holds" would differ.
+    await publish(settings, events(30, 20))
+
+    async def all_there() -> bool:
+        return stored(client)[1] == 50
+
+    await run_until(ClickHouseSink(settings, settings.kafka_bootstrap), all_there, "50 events")
+    raw, distinct, parts = stored(client)
+    assert (raw, distinct, parts) == (50, 50, 50)
+    assert client.query("SELECT count() FROM events FINAL").result_rows == [(50,)]
+
+
+async def test_back_pressure_while_inserts_fail(topics: Settings, client: Any) -> None:
+    """ClickHouse refuses inserts (the events table is renamed away): the sink keeps one
+    batch of at most `sink_batch_rows` messages and fetches nothing more; once the table is
+    back it stores everything, once."""
+    settings = topics.model_copy(update={"sink_batch_rows": 10, "sink_flush_seconds": 0.2})
+    await publish(settings, events(0, 45))
+    client.command("RENAME TABLE events TO events_away")
+    sink = ClickHouseSink(settings, settings.kafka_bootstrap)
+    await sink.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    failed = "touchflow_sink_insert_failures_total"
+    before = metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0
+    try:
+
+        async def refused_three_times() -> bool:
+            now = metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0
+            return now - before >= 3
+
+        await async_wait_until(refused_three_times, 30, "three refused inserts")
+        # Retrying, it holds one bounded batch and has fetched nothing beyond it.
+        assert 0 < sink.buffered <= 10
+        assert sink.peak_buffered <= 10
+        client.command("RENAME TABLE events_away TO events")
+
+        async def all_there() -> bool:
+            return stored(client)[1] == 45
+
+        await async_wait_until(all_there, 60, "45 events after the outage")
+    finally:
+        if client.query("EXISTS TABLE events_away").result_rows == [(1,)]:
+            client.command("RENAME TABLE events_away TO events")
+        stop.set()
+        await task
+        sink.close()
+    assert stored(client) == (45, 45, 45)
+    assert sink.peak_buffered <= 10
