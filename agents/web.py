@@ -4,6 +4,8 @@
 /healthz  200 while the process and its event loop answer (liveness)
 /readyz   200 once table recovery has completed and the broker answers (and the ClickHouse
           server, when one is configured); 503 with a JSON reason otherwise (readiness)
+/dashboard/  the operators' dashboard, when the store is a ClickHouse server
+          (pipeline.dashboard_web.mount; docs/dashboard.md)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import faust
 from faust.exceptions import NotReady
 from faust.web import Request, Response, View
 
-from pipeline import metrics
+from pipeline import dashboard_web, metrics
 from pipeline.settings import Settings
 
 CHECK_TIMEOUT = 2.0  # seconds per readiness check; probes time out after a few seconds
@@ -111,3 +113,5 @@ def register(app: faust.App, settings: Settings) -> None:
     async def readyz(self: View, request: Request) -> Response:
         status, body = await readiness(checks)
         return self.json(body, status=status)
+
+    dashboard_web.mount(app, settings.resolved_clickhouse_dsn(), settings.clickhouse_database)
