@@ -155,6 +155,47 @@ SINK_BATCH_SECONDS = Histogram(
     registry=SINK,
 )
 
+# -- automations and the webhook bridge (pipeline.automation, pipeline.webhooks) -------------
+# Their own registry: served by `touchflow webhooks` (and any automation that calls `serve`).
+# `consumer` / `endpoint` are names from the operator's configuration: bounded.
+
+AUTOMATION = CollectorRegistry()
+_SECONDS_WEBHOOK = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+AUTOMATION_CHANGES = Counter(
+    "touchflow_automation_changes_total",
+    "Segment changes seen by an automation consumer, by outcome: handled, filtered, "
+    "duplicate (seq already handled), dead_lettered.",
+    ["consumer", "outcome"],
+    registry=AUTOMATION,
+)
+AUTOMATION_HANDLER_FAILURES = Counter(
+    "touchflow_automation_handler_failures_total",
+    "Handler attempts that raised (each is retried with back-off, then dead-lettered).",
+    ["consumer"],
+    registry=AUTOMATION,
+)
+WEBHOOK_REQUESTS = Counter(
+    "touchflow_webhook_requests_total",
+    "HTTP requests to a webhook endpoint, by result: 2xx, 3xx, 4xx, 5xx, timeout, error.",
+    ["endpoint", "result"],
+    registry=AUTOMATION,
+)
+WEBHOOK_REQUEST_SECONDS = Histogram(
+    "touchflow_webhook_request_seconds",
+    "Time of one HTTP request to a webhook endpoint (any result).",
+    ["endpoint"],
+    buckets=_SECONDS_WEBHOOK,
+    registry=AUTOMATION,
+)
+WEBHOOK_THROTTLED = Counter(
+    "touchflow_webhook_throttled_total",
+    "Requests that waited for the endpoint's rate limit (token bucket).",
+    ["endpoint"],
+    registry=AUTOMATION,
+)
+WEBHOOK_RESULTS = ("2xx", "3xx", "4xx", "5xx", "timeout", "error")
+
 # -- pre-bound children ---------------------------------------------------------------------
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -318,6 +359,37 @@ def sink_insert_retried(table: str) -> None:
 
 def sink_batch_done(seconds: float) -> None:
     SINK_BATCH_SECONDS.observe(seconds)
+
+
+# -- what automations and the webhook bridge call -------------------------------------------
+
+
+class AutomationChildren:
+    """One consumer's pre-bound counters (every outcome exists at 0 from the start)."""
+
+    def __init__(self, consumer: str) -> None:
+        self.handled = AUTOMATION_CHANGES.labels(consumer, "handled")
+        self.filtered = AUTOMATION_CHANGES.labels(consumer, "filtered")
+        self.duplicate = AUTOMATION_CHANGES.labels(consumer, "duplicate")
+        self.dead_lettered = AUTOMATION_CHANGES.labels(consumer, "dead_lettered")
+        self.failure = AUTOMATION_HANDLER_FAILURES.labels(consumer)
+
+
+def automation_consumer(consumer: str) -> AutomationChildren:
+    return AutomationChildren(consumer)
+
+
+class WebhookChildren:
+    """One endpoint's pre-bound children."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.results = {r: WEBHOOK_REQUESTS.labels(endpoint, r) for r in WEBHOOK_RESULTS}
+        self.seconds = WEBHOOK_REQUEST_SECONDS.labels(endpoint)
+        self.throttled = WEBHOOK_THROTTLED.labels(endpoint)
+
+
+def webhook_endpoint(endpoint: str) -> WebhookChildren:
+    return WebhookChildren(endpoint)
 
 
 # -- export ---------------------------------------------------------------------------------

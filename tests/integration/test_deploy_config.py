@@ -69,6 +69,17 @@ EXPECTED_METRICS = [
     # Added with the segmentation engine (agents/segmentation.py):
     "touchflow_late_events_total",
     "touchflow_redelivered_skipped_total",
+    # Added with automations and the webhook bridge (pipeline/automation.py, webhooks.py):
+    #   touchflow_automation_changes_total           counter    consumer, outcome
+    #   touchflow_automation_handler_failures_total  counter    consumer
+    #   touchflow_webhook_requests_total             counter    endpoint, result
+    #   touchflow_webhook_request_seconds            histogram  endpoint
+    #   touchflow_webhook_throttled_total            counter    endpoint
+    "touchflow_automation_changes_total",
+    "touchflow_automation_handler_failures_total",
+    "touchflow_webhook_requests_total",
+    "touchflow_webhook_request_seconds",
+    "touchflow_webhook_throttled_total",
     "up",
 ]
 HISTOGRAMS = {
@@ -76,6 +87,7 @@ HISTOGRAMS = {
     "touchflow_emit_latency_seconds",
     "touchflow_event_age_seconds",
     "touchflow_sink_batch_seconds",
+    "touchflow_webhook_request_seconds",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -457,15 +469,22 @@ def test_dashboard_uses_only_expected_metrics() -> None:
     assert {m for m in EXPECTED_METRICS if m.startswith("touchflow_")} <= used
 
 
+def registry_names(registry: Any) -> dict[str, str]:
+    """touchflow metric names declared in a prometheus registry -> their type."""
+    declared = {}
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        if name.startswith("touchflow_"):
+            declared[name] = family.type
+    return declared
+
+
 def test_code_declares_exactly_the_expected_metrics() -> None:
     from pipeline import metrics
 
     declared = {}
-    for registry in (metrics.WORKER, metrics.SINK):
-        for family in registry.collect():
-            name = family.name + ("_total" if family.type == "counter" else "")
-            if name.startswith("touchflow_"):
-                declared[name] = family.type
+    for registry in (metrics.WORKER, metrics.SINK, metrics.AUTOMATION):
+        declared |= registry_names(registry)
     assert set(declared) == {m for m in EXPECTED_METRICS if m.startswith("touchflow_")}
     assert {n for n, kind in declared.items() if kind == "histogram"} == HISTOGRAMS
 
