@@ -6,7 +6,7 @@ from typing import Any
 
 import faust
 
-from agents import lag, segmentation, web
+from agents import lag, lookup, segmentation, web
 from agents.broker_compat import TrueEndConsumer
 from pipeline.codec import Codecs
 from pipeline.kafka_security import faust_credentials
@@ -54,6 +54,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_port=settings.web_port,
+        canonical_url=settings.advertised_web_url(),  # where other workers forward lookups
         web_in_thread=False,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.worker_session_timeout_seconds,
@@ -63,7 +64,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         # the agent finishes or drops a batch before a partition is handed over.
         stream_wait_empty=False,
     )
-    seg = segmentation.register(app, settings, Codecs(registry_for(settings.schema_registry_url)))
+    codecs = Codecs(registry_for(settings.schema_registry_url))
+    seg = segmentation.register(app, settings, codecs)
     web.register(app, settings)
+    lookup.register(app, settings, codecs, seg.table)
     lag.register(app, settings, seg.table, seg.clocks.backlog)
     return app

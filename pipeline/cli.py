@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     app = create_app(settings)
-    port, level = str(settings.web_port), settings.log_level
-    sys.argv = ["touchflow", "worker", "--web-port", port, "--loglevel", level]
+    # No --web-port: the app has it, and Faust's option would reset canonical_url (the
+    # URL other workers forward lookups to, Settings.web_url) to http://<hostname>:<port>.
+    sys.argv = ["touchflow", "worker", "--loglevel", settings.log_level]
     app.main()
     return 0
 
@@ -132,6 +134,29 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import csv
+
+    from sinks import reports, store
+
+    settings = _settings()
+    dsn, db = settings.resolved_clickhouse_dsn(), settings.clickhouse_database
+    try:
+        result = reports.run(
+            store.connect(dsn, db), args.name, brand=args.brand, since=args.since, until=args.until
+        )
+    except Exception as exc:  # the server's own message is the useful part
+        print(f"touchflow report: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(result.columns)
+        out.writerows(result.rows)
+    else:
+        _print_rows(result.columns, result.rows, args.format)
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from pipeline import publish_cli
 
@@ -181,6 +206,36 @@ def cmd_rfm_quantiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pipeline import dashboard_web
+
+    settings = _settings()
+    service = dashboard_web.DashboardService(
+        settings.resolved_clickhouse_dsn(), settings.clickhouse_database
+    )
+    try:
+        service.check()
+    except Exception as exc:  # the store's own message, explained
+        print(f"touchflow dashboard: {dashboard_web.explain_store_error(exc)}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        runner = await dashboard_web.start(service, args.host, args.port)
+        print(f"dashboard on http://{args.host}:{args.port}/dashboard/ (Ctrl-C stops it)")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from pipeline import rebuild_cli
 
@@ -197,6 +252,72 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     else:
         rebuild_cli.print_summary(summary)
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    import yaml
+
+    from pipeline import metrics, webhooks
+
+    settings = _settings()
+    if settings.embedded_broker:
+        sys.exit("touchflow webhooks: set TOUCHFLOW_KAFKA_BOOTSTRAP to the broker's address")
+    try:
+        spec = yaml.safe_load(args.config.read_text())
+        config = webhooks.load_config(spec, os.environ, settings)
+    except (OSError, yaml.YAMLError, webhooks.WebhookConfigError) as exc:
+        print(f"touchflow webhooks: {exc}", file=sys.stderr)
+        return 2
+    stop_metrics = (
+        metrics.serve(metrics.AUTOMATION, config.metrics_port) if config.metrics_port else None
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await webhooks.run(settings, config, stop)
+
+    try:
+        asyncio.run(run())
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+    return 0
+
+
+def cmd_whois(args: argparse.Namespace) -> int:
+    from pipeline import whois_cli
+
+    return whois_cli.main(_settings(), args)
+
+
+def cmd_audience_export(args: argparse.Namespace) -> int:
+    from pipeline import audience
+    from sinks import store
+    from sinks.audience import export
+
+    settings = _settings()
+    try:
+        wanted = audience.audience_for(
+            args.brand, args.dimension, args.segment, settings.brand_groups, args.id_type or ()
+        )
+        client = store.connect(settings.resolved_clickhouse_dsn(), settings.clickhouse_database)
+        done = export(client, wanted, args.format, args.output)
+    except audience.AudienceError as exc:
+        print(f"touchflow audience export: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the server's own message is the useful part
+        print(f"touchflow audience export: {exc}", file=sys.stderr)
+        return 2
+    from dataclasses import asdict
+
+    print(json.dumps(asdict(done), sort_keys=True))
     return 0
 
 
@@ -235,6 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "tsv", "json"), default="table")
     p.set_defaults(func=cmd_sql)
+    from sinks.reports import NAMES as REPORTS  # plain SQL text: no client imported
+
+    p = sub.add_parser("report", help="an operators' report from the store (docs/storage.md)")
+    p.add_argument("name", choices=REPORTS)
+    p.add_argument("--brand", help="one brand (default: every brand)")
+    p.add_argument("--since", type=date.fromisoformat, help="first day, YYYY-MM-DD (UTC)")
+    p.add_argument("--until", type=date.fromisoformat, help="last day, YYYY-MM-DD (UTC)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("dashboard", help="serve the operators' web dashboard (docs/dashboard.md)")
+    p.add_argument("--port", type=int, default=8066, help="default 8066")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.set_defaults(func=cmd_dashboard)
     p = sub.add_parser("publish", help="publish a file of canonical events (docs/events.md)")
     p.add_argument("file", type=Path)
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
@@ -259,6 +393,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--replay", action="store_true", help="re-publish to the source topics")
     p.set_defaults(func=cmd_dlq)
+    p = sub.add_parser("whois", help="a person's live segments from the workers' lookup API")
+    p.add_argument("person_id", nargs="?", help="person id (or name an identity below)")
+    p.add_argument("--brand", required=True)
+    p.add_argument("--id-type", help="identity kind: openid, unionid, member_id, phone, ...")
+    p.add_argument("--raw", help="the identity's raw value: hashed here, never sent")
+    p.add_argument("--hashed", help="the identity's keyed hash (h1:...)")
+    p.add_argument("--url", help="a worker's base URL (default TOUCHFLOW_API_URL)")
+    p.add_argument("--token", help="API token (default TOUCHFLOW_API_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    p.set_defaults(func=cmd_whois)
+    p = sub.add_parser("audience", help="audiences for channels that take uploaded lists")
+    audience_sub = p.add_subparsers(dest="audience_command", required=True)
+    p = audience_sub.add_parser("export", help="a segment's current members and hashed ids")
+    p.add_argument("--brand", required=True, help="brand (or brand group)")
+    p.add_argument("--segment", required=True, help="value on the dimension, e.g. important_value")
+    p.add_argument(
+        "--dimension", default="rfm_segment", help="rfm_segment (default), aipl_stage, "
+        "lifecycle, tag or layer:<name>"
+    )  # fmt: skip
+    p.add_argument("--id-type", action="append", help="only ids of this kind (repeatable)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(func=cmd_audience_export)
+
+    p = sub.add_parser("webhooks", help="post matching segment changes to HTTP endpoints")
+    p.add_argument("--config", type=Path, required=True, help="YAML: endpoints (see docs)")
+    p.set_defaults(func=cmd_webhooks)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

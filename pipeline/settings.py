@@ -103,6 +103,16 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     web_port: int = 6066
+    # The URL other workers use to reach this one's web server (the lookup API forwards a
+    # request to the worker that owns the person). Empty = http://127.0.0.1:<web_port>,
+    # right for workers on one machine; on Kubernetes each pod's own DNS name (docs/lookup.md).
+    web_url: str = ""
+    # Bearer token of the lookup API (/v1/...); unset = the API answers 503 (off).
+    api_token: SecretStr | None = None
+    # A worker's lookup API for `touchflow whois`.
+    api_url: str = "http://127.0.0.1:6066"
+    # Last segment changes kept per person and brand for the lookup API (0 = none).
+    lookup_recent_changes: int = Field(default=10, ge=0, le=1000)
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "warn"
     # Keyed-hash secret for pseudonymising personal ids at the edge (>= 16 bytes).
     pii_key: SecretStr | None = None
@@ -227,6 +237,9 @@ class Settings(BaseSettings):
             for brand in members:
                 by_brand.setdefault(brand, []).append(group)
         return {b: tuple(g) for b, g in by_brand.items()}
+
+    def advertised_web_url(self) -> str:
+        return self.web_url or f"http://127.0.0.1:{self.web_port}"
 
     @property
     def allowed_lateness_ms(self) -> int:

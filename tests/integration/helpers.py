@@ -121,14 +121,16 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 60
 
 def cli_env(settings: Settings, config: Path, **overrides: Any) -> dict[str, str]:
     """Environment for a `touchflow` subprocess: `settings` (+ overrides) as a YAML config
-    file; the PII key travels in the environment like in production, never in a file."""
-    data = settings.model_dump(mode="json", exclude={"pii_key"})
+    file; secrets (PII key, API token) travel in the environment like in production."""
+    data = settings.model_dump(mode="json", exclude={"pii_key", "api_token"})
     data.update(overrides)
     config.write_text(yaml.safe_dump(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHFLOW_")}
     env["TOUCHFLOW_CONFIG"] = str(config)
     if settings.pii_key is not None:
         env["TOUCHFLOW_PII_KEY"] = settings.pii_key.get_secret_value()
+    if settings.api_token is not None:
+        env["TOUCHFLOW_API_TOKEN"] = settings.api_token.get_secret_value()
     return env
 
 
