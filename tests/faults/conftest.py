@@ -17,6 +17,7 @@ import pytest
 from pipeline.broker import EmbeddedBroker, ensure_topics
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
+from tests.faults.harness import Fleet
 from tests.integration.helpers import PII_KEY
 
 
@@ -52,6 +53,14 @@ async def fault_settings(tmp_path: Path, own_broker: EmbeddedBroker, chdb_dsn: s
     )
     await ensure_topics(s.kafka_bootstrap, s)
     return s
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """Starts workers for a test and stops every one of them afterwards, pass or fail."""
+    started = Fleet(tmp_path)
+    yield started
+    started.stop_all()
 
 
 @pytest.fixture

@@ -213,8 +213,21 @@ async def committed(settings: Settings) -> int:
         await reader.stop()
 
 
-def worker(settings: Settings, logs: Path, name: str) -> Worker:
-    return Worker(settings, logs / f"{name}.log").start()
+class Fleet:
+    """The workers a test started (the `fleet` fixture stops them all at teardown)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.workers: list[Worker] = []
+
+    def start(self, settings: Settings, name: str) -> Worker:
+        w = Worker(settings, self.logs / f"{name}.log").start()
+        self.workers.append(w)
+        return w
+
+    def stop_all(self) -> None:
+        for w in self.workers:
+            w.stop()
 
 
 async def store_differences(
@@ -269,3 +282,40 @@ async def store_differences(
         if got_states[k] != want_states[k]:
             problems.append(f"person_state {k}: {got_states[k]} != {want_states[k]}")
     return problems[:15]
+
+
+def reference_of(events: list[Touchpoint], settings: Settings) -> Outcome:
+    """The reference of a clean event list: each partition's events in list order."""
+
+    class Record:
+        def __init__(self, partition: int, offset: int, value: bytes) -> None:
+            self.partition, self.offset, self.value = partition, offset, value
+
+    offsets: dict[int, int] = defaultdict(int)
+    records = []
+    for key, value in encoded(events):
+        p = partition_of_key(key, settings.partitions)
+        records.append(Record(p, offsets[p], value))
+        offsets[p] += 1
+    return reference(records, settings)
+
+
+def partition_of_key(key: bytes, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives a key, as producers do."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return int(DefaultPartitioner()(key, list(range(partitions)), list(range(partitions))))
+
+
+def count_late(arriving: list[Touchpoint], settings: Settings) -> int:
+    """Events behind their partition's watermark when they arrive (the engine's rule:
+    newest event time in the partition so far, minus the allowed lateness)."""
+    newest: dict[int, int] = {}
+    late = 0
+    for e in arriving:
+        p = partition_of_key(partition_key(e.user), settings.partitions)
+        top = newest.get(p)
+        if top is not None and e.occurred_at < top - settings.allowed_lateness_ms:
+            late += 1
+        newest[p] = max(top or e.occurred_at, e.occurred_at)
+    return late

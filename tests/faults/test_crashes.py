@@ -9,7 +9,6 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -30,20 +29,20 @@ QUICK = Size(events=6_000, kills=1, timeout=240)
 FULL = Size(events=200_000, kills=3, timeout=1800)
 SIZES = [
     pytest.param(QUICK, id="quick"),
-    pytest.param(FULL, id="full", marks=pytest.mark.faults),
+    pytest.param(FULL, id="full", marks=[pytest.mark.faults, pytest.mark.timeout(3600)]),
 ]
 
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_kill_9_at_random_points_loses_and_changes_nothing(
-    fault_settings: Settings, fault_sink: ClickHouseSink, tmp_path: Path, size: Size
+    fault_settings: Settings, fault_sink: ClickHouseSink, fleet: h.Fleet, size: Size
 ) -> None:
     s = fault_settings
     await h.publish(s, h.encoded(h.workload(size.events)))
     rng = random.Random(size.events)
     # Kill points: random shares of the topic committed, one per kill, increasing.
     points = sorted(rng.uniform(0.1, 0.9) for _ in range(size.kills))
-    workers = [h.worker(s, tmp_path, "worker-0")]
+    workers = [fleet.start(s, "worker-0")]
     for i, share in enumerate(points):
 
         async def reached(share: float = share) -> bool:
@@ -52,7 +51,7 @@ async def test_kill_9_at_random_points_loses_and_changes_nothing(
         await async_wait_until(reached, size.timeout, f"{share:.0%} of the events committed")
         time.sleep(rng.uniform(0, 0.5))  # not a wait: a random point inside a batch
         assert workers[-1].stop(signal.SIGKILL) == -signal.SIGKILL
-        workers.append(h.worker(s, tmp_path, f"worker-{i + 1}"))
+        workers.append(fleet.start(s, f"worker-{i + 1}"))
     await h.wait_processed(s, workers, size.timeout)
 
     ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
@@ -66,12 +65,12 @@ async def test_kill_9_at_random_points_loses_and_changes_nothing(
 
 
 async def test_sigterm_stops_within_10_s_and_the_restart_resumes(
-    fault_settings: Settings, tmp_path: Path
+    fault_settings: Settings, fleet: h.Fleet
 ) -> None:
     s = fault_settings
     events = h.workload(QUICK.events)
     await h.publish(s, h.encoded(events[: len(events) // 2]))
-    first = h.worker(s, tmp_path, "worker-0")
+    first = fleet.start(s, "worker-0")
 
     async def some() -> bool:
         return await h.committed(s) > 0
@@ -82,7 +81,7 @@ async def test_sigterm_stops_within_10_s_and_the_restart_resumes(
     assert time.monotonic() - started < 10
 
     await h.publish(s, h.encoded(events[len(events) // 2 :]))
-    second = h.worker(s, tmp_path, "worker-1")
+    second = fleet.start(s, "worker-1")
     await h.wait_processed(s, [second], QUICK.timeout)
     ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
     assert h.differences(ref, await h.collect(s)) == []
