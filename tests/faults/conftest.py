@@ -8,7 +8,6 @@ with a short group session, so a killed worker's partitions move on within secon
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from pipeline.broker import EmbeddedBroker, ensure_topics
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
 from tests.faults.harness import Fleet
-from tests.integration.helpers import PII_KEY
+from tests.integration.helpers import isolated_settings
 
 
 @pytest.fixture
@@ -29,27 +28,13 @@ def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture
 async def fault_settings(tmp_path: Path, own_broker: EmbeddedBroker, chdb_dsn: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        kafka_bootstrap=own_broker.bootstrap,
-        broker_compat="tansu",
-        app_id=f"tf-{tag}",
-        events_topic=f"t{tag}.events",
-        changes_topic=f"t{tag}.segment-changes",
-        dlq_topic=f"t{tag}.dlq",
-        links_topic=f"t{tag}.identity-links",
-        resolved_topic=f"t{tag}.resolved",
-        referrals_topic=f"t{tag}.referrals",
-        thresholds_topic=f"t{tag}.rfm-thresholds",
+    s = isolated_settings(
+        own_broker.bootstrap,
+        chdb_dsn,
+        tmp_path / "var",
         partitions=4,
         identity_resolution=False,
         worker_session_timeout_seconds=6,
-        clickhouse_dsn=chdb_dsn,
-        clickhouse_database=f"t_{tag}",
-        sink_group=f"t{tag}-sink",
-        sink_flush_seconds=0.2,
-        data_dir=tmp_path / "var",
-        pii_key=PII_KEY,
     )
     await ensure_topics(s.kafka_bootstrap, s)
     return s

@@ -8,7 +8,6 @@ tests share the broker without seeing each other's data. Workers run as real pro
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from pipeline.broker import EmbeddedBroker, ensure_topics
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
-from tests.integration.helpers import PII_KEY, Worker
+from tests.integration.helpers import Worker, isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -29,26 +28,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 @pytest.fixture
 def settings(tmp_path: Path, broker: EmbeddedBroker, chdb_dsn: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka_bootstrap=broker.bootstrap,
-        broker_compat="tansu",
-        app_id=f"tf-{tag}",
-        events_topic=f"t{tag}.events",
-        changes_topic=f"t{tag}.segment-changes",
-        dlq_topic=f"t{tag}.dlq",
-        links_topic=f"t{tag}.identity-links",
-        resolved_topic=f"t{tag}.resolved",
-        referrals_topic=f"t{tag}.referrals",
-        thresholds_topic=f"t{tag}.rfm-thresholds",
-        partitions=2,
-        clickhouse_dsn=chdb_dsn,
-        clickhouse_database=f"t_{tag}",
-        sink_group=f"t{tag}-sink",
-        sink_flush_seconds=0.2,
-        data_dir=tmp_path / "var",
-        pii_key=PII_KEY,
-    )
+    return isolated_settings(broker.bootstrap, chdb_dsn, tmp_path / "var", partitions=2)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,33 @@ from pipeline.identity import partition_key
 from pipeline.settings import Settings
 
 PII_KEY = "integration-tests-key-0123456789abcdef"
+
+
+def isolated_settings(bootstrap: str, chdb_dsn: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings with this test's own topics, consumer groups and ClickHouse database
+    (a unique prefix), so tests share a broker and a chDB engine without seeing each
+    other's data."""
+    tag = uuid.uuid4().hex[:8]
+    fields: dict[str, Any] = dict(
+        kafka_bootstrap=bootstrap,
+        broker_compat="tansu",
+        app_id=f"tf-{tag}",
+        events_topic=f"t{tag}.events",
+        changes_topic=f"t{tag}.segment-changes",
+        dlq_topic=f"t{tag}.dlq",
+        links_topic=f"t{tag}.identity-links",
+        resolved_topic=f"t{tag}.resolved",
+        referrals_topic=f"t{tag}.referrals",
+        thresholds_topic=f"t{tag}.rfm-thresholds",
+        clickhouse_dsn=chdb_dsn,
+        clickhouse_database=f"t_{tag}",
+        sink_group=f"t{tag}-sink",
+        sink_flush_seconds=0.2,
+        data_dir=data_dir,
+        pii_key=PII_KEY,
+    )
+    fields.update(overrides)
+    return Settings(**fields)
 
 
 async def async_wait_until(
