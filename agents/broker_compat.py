@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from agents.commit_guard import GuardedCommitConsumer
+
 log = logging.getLogger(__name__)
 
 
@@ -59,8 +61,9 @@ class _TrueEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await true_end_offsets(servers, reported)  # type: ignore[return-value]
 
 
-class TrueEndConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, reporting true log-end offsets as highwaters."""
+class TrueEndConsumer(GuardedCommitConsumer):
+    """Faust's aiokafka consumer (commits guarded), reporting true log-end offsets as
+    highwaters."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _TrueEndConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -9,6 +9,7 @@ identity resolution, merges and forwarding are handled by `agents.identity`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -26,6 +27,8 @@ from pipeline.errors import Rejected
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
 from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TABLE_NAME = "person_state"  # Settings.changelog_topic derives the changelog name from it
 
@@ -216,10 +219,16 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
 
     async def process_batch(events: Any) -> None:
         batch: list[tuple[Any, Outcome, bool]] = []
+        skipped = 0
         for event in events:
             m = event.message
             if not owned(m):
-                continue  # taken before a rebalance moved its partition away
+                # Taken before a rebalance moved its partition away: the new owner reads
+                # it again. Marked acknowledged so no ack of ours reaches the consumer,
+                # which would count it as done should the partition come back here.
+                m.acked = True
+                skipped += 1
+                continue
             if merges is not None and identity.header(m, identity.KIND) == identity.MERGE:
                 await complete(batch)  # a merge reads and moves stored states
                 with identity.current(event):
@@ -228,6 +237,8 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             out = Outcome()
             batch.append((m, out, await process(m, out)))
         await complete(batch)
+        if skipped:
+            log.info("left %d events of partitions handed over to their new owner", skipped)
 
     app.agent(source, name="segmentation")(segmentation)
     return seg

@@ -8,6 +8,7 @@ import faust
 
 from agents import lag, lookup, segmentation, web
 from agents.broker_compat import TrueEndConsumer
+from agents.commit_guard import GuardedCommitConsumer
 from pipeline.codec import Codecs
 from pipeline.kafka_security import faust_credentials
 from pipeline.schema_registry import registry_for
@@ -15,7 +16,8 @@ from pipeline.settings import Settings
 
 
 class TouchflowApp(faust.App):  # type: ignore[misc]
-    """faust.App whose transport can carry broker workarounds (see agents.broker_compat)."""
+    """faust.App whose consumer commits only what is finished (agents.commit_guard) and can
+    carry broker workarounds (agents.broker_compat)."""
 
     def __init__(self, *args: Any, tansu_compat: bool = False, **kwargs: Any) -> None:
         self.tansu_compat = tansu_compat
@@ -23,8 +25,7 @@ class TouchflowApp(faust.App):  # type: ignore[misc]
 
     def _new_transport(self) -> Any:
         transport = super()._new_transport()
-        if self.tansu_compat:
-            transport.Consumer = TrueEndConsumer
+        transport.Consumer = TrueEndConsumer if self.tansu_compat else GuardedCommitConsumer
         return transport
 
 
