@@ -9,6 +9,7 @@ lower bound and read from the last batch's base offset to the real end.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,9 +23,14 @@ log = logging.getLogger(__name__)
 
 
 async def true_end_offsets(
-    bootstrap: str | list[str], reported: Mapping[Any, int | None], timeout_ms: int = 500
+    bootstrap: str | list[str], reported: Mapping[Any, int | None], timeout_s: float = 60.0
 ) -> dict[Any, int | None]:
-    """Log-end offsets, given what the broker reported (keys are any (topic, partition) tuples)."""
+    """Log-end offsets, given what the broker reported (keys are any (topic, partition) tuples).
+
+    Tansu's Fetch responses carry the right high watermark where its ListOffsets does
+    not: fetch once from the last batch of each partition and read it from there. (Reading
+    on "until a fetch comes back empty" stopped early under load: a slow fetch looks like
+    an empty one, and recovery then stopped short of the end.)"""
     probe_from = {tp: off for tp, off in reported.items() if off}
     if not probe_from:
         return dict(reported)
@@ -38,12 +44,18 @@ async def true_end_offsets(
         consumer.assign(list(tps))
         for ktp, tp in tps.items():
             consumer.seek(ktp, probe_from[tp] - 1)  # base offset of the last batch
-        # Read on until a fetch comes back empty: only the last batch of each partition
-        # (and anything appended since) is read, so this stays short.
-        while fetched := await consumer.getmany(timeout_ms=timeout_ms):
-            for ktp, msgs in fetched.items():
-                tp = tps[ktp]
-                result[tp] = max(result[tp] or 0, msgs[-1].offset + 1)
+        pending = set(tps)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while pending:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no fetch answered for {sorted(pending)} in {timeout_s}s")
+            await consumer.getmany(*pending, timeout_ms=500)
+            for ktp in list(pending):
+                end = consumer.highwater(ktp)  # set by the partition's first fetch response
+                if end is not None:
+                    tp = tps[ktp]
+                    result[tp] = max(result[tp] or 0, end)
+                    pending.discard(ktp)
     finally:
         await consumer.stop()
     moved = {tp: (reported[tp], result[tp]) for tp in reported if result[tp] != reported[tp]}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
 from pipeline import metrics
 from pipeline.codec import Codecs
@@ -117,6 +118,12 @@ class Abandoned(Exception):
     """The sink was stopped while a batch could not be stored; its offsets stay uncommitted."""
 
 
+class Regrouped(Exception):
+    """The group refused a batch's commit: this sink lost its partitions meanwhile (e.g. it
+    stalled past its session timeout). The batch is stored; whoever owns the partitions
+    now reads it again and inserts it under the same tokens, which inserts nothing twice."""
+
+
 class ClickHouseSink:
     def __init__(self, settings: Settings, bootstrap: str, codecs: Codecs | None = None) -> None:
         self.settings = settings
@@ -140,6 +147,7 @@ class ClickHouseSink:
         self._stop = asyncio.Event()
         self.buffered = 0  # messages held in the current batch (never > sink_batch_rows)
         self.peak_buffered = 0
+        self.commits_refused = 0  # batches read again after the group moved on (Regrouped)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -179,16 +187,9 @@ class ClickHouseSink:
         self._stop = stop
         if s.rfm_quantile_brands and s.rfm_quantiles_every_seconds > 0:
             self._quantiles = asyncio.create_task(quantiles.refresh_every(self.query, s, stop))
-        consumer = AIOKafkaConsumer(
-            *self._route,
-            bootstrap_servers=self.bootstrap,
-            group_id=s.sink_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=5_000,
-            **client_options(s),
-        )
-        await consumer.start()
+        consumer = await self._connect(stop)
+        if consumer is None:
+            return  # stopped before the broker answered
         batch = Batch()
         try:
             while not stop.is_set():
@@ -204,14 +205,46 @@ class ClickHouseSink:
                 full = batch.messages >= s.sink_batch_rows
                 due = batch.spans and time.monotonic() - batch.started >= s.sink_flush_seconds
                 if full or due or capped:
-                    batch = await self._flush(batch, consumer)
+                    try:
+                        batch = await self._flush(batch, consumer)
+                    except Regrouped as refused:
+                        batch = await self._start_over(consumer, refused)
                     self.buffered = batch.messages
             if batch.spans:
                 await self._flush(batch, consumer)
+        except Regrouped as refused:
+            log.warning("last commit refused (%s): left for the partitions' owner", refused)
         except Abandoned as gave_up:
             log.warning("%s: %d messages left for the next start", gave_up, batch.messages)
         finally:
             await consumer.stop()
+
+    async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
+        """The sink's consumer, started; while the broker cannot be reached (not up yet,
+        or the process was too busy to finish connecting in time) it tries again."""
+        s = self.settings
+        delay = 0.5
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(
+                *self._route,
+                bootstrap_servers=self.bootstrap,
+                group_id=s.sink_group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                metadata_max_age_ms=5_000,
+                **client_options(s),
+            )
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaConnectionError as exc:
+                await consumer.stop()
+                log.warning("broker not reachable (%s); trying again in %.1fs", exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
+        return None
 
     async def _take(
         self, batch: Batch, consumer: AIOKafkaConsumer, tp: TopicPartition, msgs: list[Any]
@@ -285,7 +318,25 @@ class ClickHouseSink:
         metrics.sink_batch_done(time.monotonic() - started)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            raise Regrouped(str(exc)) from exc
+
+    async def _start_over(self, consumer: AIOKafkaConsumer, refused: Regrouped) -> Batch:
+        """After a refused commit: drop what is buffered and read every assigned partition
+        again from its committed offset (re-forming recorded spans, see `_find_intent`)."""
+        log.warning("commit refused (%s): reading again from the committed offsets", refused)
+        self.commits_refused += 1
+        self._next.clear()
+        self._caps.clear()
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        return Batch()
 
     async def _insert_with_retry(
         self, table: str, table_rows: list[list[Any]], columns: tuple[str, ...], token: str | None

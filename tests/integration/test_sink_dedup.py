@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from pipeline import metrics
+from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.events import Chat, EventType, Purchase, Touchpoint, UserRef
 from pipeline.settings import Settings
 from sinks import store
 from sinks.writer import ClickHouseSink
-from tests.integration.helpers import async_wait_until, publish
+from tests.integration.helpers import async_wait_until, isolated_settings, publish
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +147,84 @@ async def test_back_pressure_while_inserts_fail(topics: Settings, client: Any) -
         sink.close()
     assert stored(client) == (45, 45, 45)
     assert sink.peak_buffered <= 10
+
+
+class RefusedFirstCommit(ClickHouseSink):
+    """The group refuses the first commit, as Kafka does when a sink stalled past its
+    session and its partitions moved on. (Tansu keeps a stalled lone member's generation
+    and accepts the commit, so the refusal is injected at the client call.)"""
+
+    refused = False
+
+    async def _commit(self, consumer: Any, offsets: dict[TopicPartition, int]) -> None:
+        if self.refused:
+            return await super()._commit(consumer, offsets)
+        self.refused = True
+        real = consumer.commit
+
+        async def refuse(offsets: Any) -> None:
+            raise CommitFailedError("the group has already rebalanced")
+
+        consumer.commit = refuse
+        try:
+            await super()._commit(consumer, offsets)
+        finally:
+            consumer.commit = real
+
+
+async def test_a_refused_commit_reads_again_and_stores_nothing_twice(
+    topics: Settings, client: Any
+) -> None:
+    settings = topics.model_copy(update={"sink_batch_rows": 1_000, "sink_flush_seconds": 0.5})
+    await publish(settings, events(0, 30))
+    sink = RefusedFirstCommit(settings, settings.kafka_bootstrap)
+
+    async def refused() -> bool:
+        return sink.commits_refused > 0
+
+    async def all_there() -> bool:
+        return stored(client)[1] == 50
+
+    await sink.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        await async_wait_until(refused, 60, "the refused commit")
+        await publish(settings, events(30, 20))
+        await async_wait_until(all_there, 60, "50 events after the refused commit")
+    finally:
+        stop.set()
+        await task
+        sink.close()
+    assert sink.commits_refused == 1
+    # The refused batch was read again and inserted under the same tokens: no duplicate.
+    assert stored(client) == (50, 50, 50)
+
+
+async def test_a_sink_started_before_its_broker_waits_for_it(tmp_path: Path, chdb_dsn: str) -> None:
+    """The broker comes up 3 s after the sink: the sink keeps trying, then stores."""
+    port = free_port()
+    settings = isolated_settings(f"127.0.0.1:{port}", chdb_dsn, tmp_path / "var", partitions=2)
+    sink = ClickHouseSink(settings, settings.kafka_bootstrap)
+    await sink.start()
+    client = store.connect(settings.resolved_clickhouse_dsn(), settings.clickhouse_database)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        await asyncio.sleep(3)
+        assert not task.done(), "the sink gave up while the broker was away"
+        with EmbeddedBroker(port=port, log_file=tmp_path / "broker.log"):
+            await ensure_topics(settings.kafka_bootstrap, settings)
+            await publish(settings, events(0, 10))
+
+            async def all_there() -> bool:
+                return stored(client)[1] == 10
+
+            await async_wait_until(all_there, 60, "10 events")
+            stop.set()
+            await task
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+        sink.close()
