@@ -4,7 +4,8 @@ Tansu answers ListOffsets(latest) with the base offset of the last record batch 
 the log-end offset. Faust's table recovery reads each changelog partition only up to that
 "high watermark", so after a restart the tail of every changelog partition would be
 skipped and state would silently lose updates. The fix: take the reported offset as a
-lower bound and read from the last batch's base offset to the real end.
+lower bound, fetch once from the last batch's base offset, and take the end from the
+Fetch response's high watermark, which Tansu reports right.
 """
 
 from __future__ import annotations
