@@ -9,6 +9,7 @@ import faust
 from agents import lag, lookup, segmentation, web
 from agents.broker_compat import TrueEndConsumer
 from agents.commit_guard import GuardedCommitConsumer
+from agents.recovery_order import SeekFirstTableManager
 from pipeline.codec import Codecs
 from pipeline.kafka_security import faust_credentials
 from pipeline.schema_registry import registry_for
@@ -48,6 +49,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         broker=faust_broker_url(bootstrap),
         broker_credentials=faust_credentials(settings),
         store="memory://",
+        TableManager=SeekFirstTableManager,  # seek stream partitions before resuming them
         datadir=str(worker_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -64,12 +64,6 @@ async def test_kill_9_at_random_points_loses_and_changes_nothing(
         w.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, open in issue 7: a worker starting right after a graceful stop can miss "
-    "events fetched while Faust's recovery seeks to the committed offsets (about half the "
-    "runs lose 10-20 events per partition); see docs/reliability.md, Known gaps",
-)
 async def test_sigterm_stops_within_10_s_and_the_restart_resumes(
     fault_settings: Settings, fleet: h.Fleet
 ) -> None:

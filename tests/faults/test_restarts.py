@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 import signal
 
-import pytest
-
 from pipeline.settings import Settings
 from tests.faults import harness as h
 from tests.integration.helpers import async_wait_until
@@ -37,12 +35,6 @@ async def test_two_workers_one_killed_then_rejoining_equal_the_reference(
         w.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, open in issue 7: the fresh worker (started after a graceful stop) can "
-    "miss events fetched while Faust's recovery seeks, and then its commits stall at the "
-    "hole; see docs/reliability.md, Known gaps",
-)
 async def test_local_state_wiped_rebuilds_from_the_changelog_to_its_true_end(
     fault_settings: Settings, fleet: h.Fleet
 ) -> None:
