@@ -59,12 +59,16 @@ def apply_run(w: Workload, policy: core.Policy) -> int:
 
 def hot_path_run(raws: list[bytes], settings: Settings, codecs: Codecs) -> int:
     """What one worker and the sink do per event, minus Kafka and ClickHouse I/O: wire
-    decode + contract checks, identity, engine, change and state (changelog) encoding, and
-    the ClickHouse rows of the event, its changes and the states it wrote."""
+    decode + contract checks, identity, engine, change encoding and the rows of the event
+    and its changes; then per batch of `worker_batch_events`, as the worker's write-behind
+    does (agents/write_behind.py), each state written in the batch is encoded once for the
+    changelog and turned into its ClickHouse row once."""
     policy, limits = settings.policy(), settings.limits()
     engine = PartitionEngine(policy, {}, settings.allowed_lateness_ms)
     store = engine.store
     now = int(time.time() * 1000)
+    batch_events = settings.worker_batch_events
+    held: dict[bytes, None] = {}  # keys written in the batch, in first-write order
     out_bytes = 0
     for offset, raw in enumerate(raws):
         e = accept(raw, now, codecs, limits)
@@ -74,11 +78,20 @@ def hot_path_run(raws: list[bytes], settings: Settings, codecs: Codecs) -> int:
         for c in out.changes:
             out_bytes += len(codecs.encode_change(c))
             change_row(c)
-        for key in out.written:
-            s = store[key]
-            out_bytes += len(codecs.encode_state(s))
-            brand, person_id = core.split_state_key(key.decode())
-            state_row(brand, person_id, s)
+        held.update(dict.fromkeys(out.written))
+        if (offset + 1) % batch_events == 0 or offset == len(raws) - 1:
+            out_bytes += _write_states(held, store, codecs)
+    return out_bytes
+
+
+def _write_states(held: dict[bytes, None], store: Any, codecs: Codecs) -> int:
+    out_bytes = 0
+    for key in held:
+        s = store[key]
+        out_bytes += len(codecs.encode_state(s))
+        brand, person_id = core.split_state_key(key.decode())
+        state_row(brand, person_id, s)
+    held.clear()
     return out_bytes
 
 
