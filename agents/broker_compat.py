@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents.commit_guard import GuardedCommitConsumer
+from agents.consumer_tuning import TunedConsumerThread
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ async def true_end_offsets(
     return result
 
 
-class _TrueEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+class _TrueEndConsumerThread(TunedConsumerThread):
     async def _highwaters(self, partitions: Iterable[Any]) -> Mapping[Any, int]:
         reported = await super()._highwaters(list(partitions))
         if self.consumer.in_transaction:

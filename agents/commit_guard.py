@@ -29,6 +29,8 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from agents.consumer_tuning import TunedConsumerThread
+
 
 def next_commit(acked: Iterable[int], committed: int | None, unfinished: int | None) -> int | None:
     """The offset to commit for a partition (the next one to read), or None for no commit.
@@ -71,6 +73,9 @@ class GuardedCommitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered_before_seek: dict[Any, int] = {}
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _remember_delivered(self, tps: Iterable[Any] | None = None) -> None:
         for tp, offset in list(self._read_offset.items()):

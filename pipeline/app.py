@@ -20,14 +20,32 @@ class TouchflowApp(faust.App):  # type: ignore[misc]
     """faust.App whose consumer commits only what is finished (agents.commit_guard) and can
     carry broker workarounds (agents.broker_compat)."""
 
-    def __init__(self, *args: Any, tansu_compat: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        tansu_compat: bool = False,
+        fetch_max_wait_ms: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.tansu_compat = tansu_compat
+        self.fetch_max_wait_ms = fetch_max_wait_ms  # agents.consumer_tuning
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
         transport = super()._new_transport()
         transport.Consumer = TrueEndConsumer if self.tansu_compat else GuardedCommitConsumer
         return transport
+
+
+class QuietWorker(faust.Worker):  # type: ignore[misc]
+    """faust.Worker without the terminal spinner. At log level warn and above the spinner
+    sets the root logger to DEBUG (to spin on every record) and leaves it there, so every
+    `logger.debug` in Faust's and aiokafka's per-message paths builds a LogRecord that the
+    handler then drops: ~6 % of a busy worker's CPU (py-spy, docs/benchmarks.md)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -46,9 +64,11 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
     app = TouchflowApp(
         settings.app_id,
         tansu_compat=settings.tansu_compat,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         broker=faust_broker_url(bootstrap),
         broker_credentials=faust_credentials(settings),
         store="memory://",
+        Worker=QuietWorker,
         TableManager=SeekFirstTableManager,  # seek stream partitions before resuming them
         datadir=str(worker_dir),
         topic_partitions=settings.partitions,

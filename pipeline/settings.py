@@ -23,6 +23,8 @@ from pipeline import lifecycle, rfm, rules, stages, validation
 from pipeline.state import Policy
 
 EMBEDDED = "embedded"
+FAUST_FETCH_MAX_WAIT_MS = 1500  # what Faust hard-codes for its worker consumer
+TANSU_FETCH_MAX_WAIT_MS = 200  # see agents/consumer_tuning.py and docs/benchmarks.md
 
 
 class RfmSettings(BaseModel):
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
     # Broker quirk workarounds: "tansu" probes true log-end offsets for table recovery.
     # "auto" = tansu when the broker is the embedded one, none otherwise.
     broker_compat: Literal["auto", "none", "tansu"] = "auto"
+    # How long the worker's consumer lets the broker hold a fetch (agents/consumer_tuning).
+    # None: 1500 ms (Faust's) on Apache Kafka, which answers as soon as records are there;
+    # TANSU_FETCH_MAX_WAIT_MS on Tansu, which holds every fetch for the whole wait.
+    fetch_max_wait_ms: int | None = Field(default=None, ge=0)
     app_id: str = "touchflow"
     events_topic: str = "touchflow.events"
     changes_topic: str = "touchflow.segment-changes"
@@ -199,6 +205,12 @@ class Settings(BaseSettings):
         if self.broker_compat == "auto":
             return self.embedded_broker
         return self.broker_compat == "tansu"
+
+    @property
+    def consumer_fetch_max_wait_ms(self) -> int:
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        return TANSU_FETCH_MAX_WAIT_MS if self.tansu_compat else FAUST_FETCH_MAX_WAIT_MS
 
     @property
     def changelog_topic(self) -> str:
