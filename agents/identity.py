@@ -27,6 +27,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 
+from agents.raw_send import send_raw
 from pipeline import state as core
 from pipeline.codec import Codecs
 from pipeline.engine import Outcome, PartitionEngine
@@ -82,9 +83,11 @@ def declare(app: faust.App, settings: Settings) -> Routing:
 # it writes states and before the batch is acknowledged.
 
 
-async def send_event(routing: Routing, person: str, value: bytes, force: bool = False) -> None:
+async def send_event(routing: Routing, person: str, value: bytes) -> None:
+    """The event's resolved copy, keyed by its person: once per event, so a raw send."""
     headers = [(KIND, EVENT.encode()), (PERSON, person.encode())]
-    await routing.resolved.send(key=person.encode(), value=value, headers=headers, force=force)
+    topic = routing.resolved.get_topic_name()
+    await send_raw(routing.resolved.app, topic, person.encode(), value, headers)
 
 
 async def send_merge(routing: Routing, absorbed: str, target: str, force: bool = False) -> None:
@@ -199,7 +202,7 @@ class Merges:
         target = self.alias(person)
         if target is None:
             return False
-        await send_event(self.routing, target, m.value, force=True)
+        await send_event(self.routing, target, m.value)
         link = {"key": seed_of(tp.user).encode(), "value": target.encode()}
         await self.routing.links.send(**link, force=True)
         return True

@@ -20,6 +20,7 @@ from faust.serializers.codecs import Codec
 
 from agents import identity, thresholds
 from agents.partition_clocks import PartitionClocks
+from agents.raw_send import send_raw
 from pipeline import metrics
 from pipeline.codec import Codecs
 from pipeline.engine import Outcome
@@ -114,7 +115,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         )
         metrics.rejected(rejected.reason)
 
-    referrals = app.topic(settings.referrals_topic, **raw)
+    referrals_topic, changes_topic = settings.referrals_topic, settings.changes_topic
     internal = {settings.referrals_topic, settings.resolved_topic}  # never the events topic
     merges: identity.Merges | None = None
     # Events and the referral credits for people of the same partition, co-partitioned.
@@ -182,11 +183,10 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         for _, out, _ in batch:
             for brand, referrer, invitee, at in out.referrals:
                 headers = identity.referral_headers(brand, invitee, at)
-                await referrals.send(key=referrer.encode(), value=b"", headers=headers, force=True)
+                await send_raw(app, referrals_topic, referrer.encode(), b"", headers)
             for change in out.changes:
-                await seg.changes.send(
-                    key=change.person_id.encode(), value=codecs.encode_change(change), force=True
-                )
+                value = codecs.encode_change(change)
+                await send_raw(app, changes_topic, change.person_id.encode(), value)
         await drain()
         clocks.flush()
         await drain()
