@@ -6,16 +6,22 @@ the log-end offset. Faust's table recovery reads each changelog partition only u
 skipped and state would silently lose updates. The fix: take the reported offset as a
 lower bound, fetch once from the last batch's base offset, and take the end from the
 Fetch response's high watermark, which Tansu reports right.
+
+Tansu also numbers a group's first generation 0; aiokafka leaves a group only from a
+generation above 0, so `leave_group` leaves from 0 too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents.commit_guard import GuardedCommitConsumer
@@ -66,7 +72,32 @@ async def true_end_offsets(
     return result
 
 
+async def leave_group(coordinator: Any) -> None:
+    """aiokafka's `_maybe_leave_group`, also from generation 0.
+
+    aiokafka sends LeaveGroup only when `generation > 0` (Apache Kafka numbers a group's
+    generations from 1). Tansu numbers them from 0, so the first member of a new group
+    never left it on a graceful stop, and the next worker to join waited until the broker
+    gave that member up (~110 s measured in tests/integration/test_recovery.py)."""
+    if coordinator.generation == 0 and coordinator.member_id and not coordinator._group_instance_id:
+        request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+        try:
+            await coordinator._send_req(request)
+        except KafkaError as err:
+            log.error("LeaveGroup request failed: %s", err)
+        else:
+            log.info("LeaveGroup request succeeded (generation 0)")
+        coordinator.reset_generation()
+        return
+    await type(coordinator)._maybe_leave_group(coordinator)
+
+
 class _TrueEndConsumerThread(TunedConsumerThread):
+    async def on_start(self) -> None:
+        await super().on_start()
+        coordinator = self._consumer._coordinator
+        coordinator._maybe_leave_group = functools.partial(leave_group, coordinator)
+
     async def _highwaters(self, partitions: Iterable[Any]) -> Mapping[Any, int]:
         reported = await super()._highwaters(list(partitions))
         if self.consumer.in_transaction:
