@@ -3,9 +3,9 @@
 
 Apache Kafka answers a fetch as soon as `fetch.min.bytes` (1 byte) is there, so the wait
 only matters on an idle partition. Tansu holds every fetch for the whole wait even when
-records are waiting (docs/benchmarks.md, "Latency"), so each hop of the pipeline costs up
-to 1.5 s and a consumer gets one fetch per partition per 1.5 s: that caps both latency and
-throughput. `Settings.consumer_fetch_max_wait_ms` sets it (lower by default on Tansu).
+records are waiting (docs/benchmarks.md, "Latency"), so each hop of the pipeline waited up
+to 1.5 s: p99 at 500 ev/s was ~4 s, ~0.9 s at 200 ms (throughput did not change).
+`Settings.consumer_fetch_max_wait_ms` sets it (200 ms by default on Tansu).
 """
 
 from __future__ import annotations

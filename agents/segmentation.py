@@ -78,8 +78,6 @@ def dead_letter_headers(message: Any, rejected: Rejected) -> list[tuple[str, byt
 class Segmentation:
     """Topics, table and partition engines of the segmentation agent, on one app."""
 
-    events: faust.TopicT
-    changes: faust.TopicT
     dlq: faust.TopicT
     table: faust.Table
     clocks: PartitionClocks
@@ -97,8 +95,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     limits = settings.limits()
     clocks = PartitionClocks(policy, table, settings.allowed_lateness_ms)
     seg = Segmentation(
-        events=app.topic(settings.events_topic, **raw),
-        changes=app.topic(settings.changes_topic, **raw),
         dlq=app.topic(settings.dlq_topic, **raw),
         table=table,
         clocks=clocks,
@@ -115,7 +111,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         )
         metrics.rejected(rejected.reason)
 
-    referrals_topic, changes_topic = settings.referrals_topic, settings.changes_topic
     internal = {settings.referrals_topic, settings.resolved_topic}  # never the events topic
     merges: identity.Merges | None = None
     # Events and the referral credits for people of the same partition, co-partitioned.
@@ -183,10 +178,10 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         for _, out, _ in batch:
             for brand, referrer, invitee, at in out.referrals:
                 headers = identity.referral_headers(brand, invitee, at)
-                await send_raw(app, referrals_topic, referrer.encode(), b"", headers)
+                await send_raw(app, settings.referrals_topic, referrer.encode(), b"", headers)
             for change in out.changes:
                 value = codecs.encode_change(change)
-                await send_raw(app, changes_topic, change.person_id.encode(), value)
+                await send_raw(app, settings.changes_topic, change.person_id.encode(), value)
         await drain()
         clocks.flush()
         await drain()
