@@ -58,9 +58,20 @@ async def test_an_invitees_first_purchase_makes_the_sharer_a_koc(
         return rows == [(f"referral:{seed_of(invitee)}",)]
 
     await async_wait_until(koc, 90, "the sharer tagged koc by the invitee's purchase")
-    state = await sink.query(
-        "SELECT shares, invitations, has(tags, 'koc') FROM person_state FINAL"
-        " WHERE person_id = {p:String}",
-        {"p": seed_of(sharer)},
-    )
-    assert state == [(3, 3, 1)]
+
+    async def state() -> list[tuple[int, int, int]]:
+        return await sink.query(
+            "SELECT shares, invitations, has(tags, 'koc') FROM person_state FINAL"
+            " WHERE person_id = {p:String}",
+            {"p": seed_of(sharer)},
+        )
+
+    # The state reaches ClickHouse from the changelog, which the worker writes after the
+    # change is acknowledged and the sink reads apart from the changes topic: it may land
+    # a moment after the change row.
+    await async_wait_until(lambda: _is(state, [(3, 3, 1)]), 30, "the sharer's state stored")
+    assert await state() == [(3, 3, 1)]
+
+
+async def _is(query, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await query() == expected
