@@ -140,6 +140,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         False when it was dead-lettered or forwarded instead."""
         kind = identity.header(m, identity.KIND)
         engine = clocks.engine(m.partition)
+        # Before anything touches a state: states keep RFM, lifecycle and due time from
+        # their last derivation (state._recompute), which must be under the current policy.
+        clocks.reassess_pending(m.partition, engine, out)
         if merges is not None and kind == identity.MERGE_IN:
             await merges.on_merge_in(m, engine, out)
         elif kind == identity.REFERRAL and m.topic in internal:
@@ -158,7 +161,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
                 return False
             metrics.event_consumed(tp)
-            clocks.reassess_pending(m.partition, engine, out)
             engine.on_event(tp, person_id, m.offset, out)
         clocks.written(m.partition, out)
         return True
@@ -186,6 +188,8 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         clocks.flush()
         await drain()
         for m, out, processed in batch:
+            for change in out.changes:  # a message not processed may carry a reassessment's
+                metrics.segment_change(change, m.timestamp)
             if not processed:
                 continue
             if out.duplicate:
@@ -194,8 +198,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 metrics.late_event()
             if out.redelivered:
                 metrics.redelivered_skipped()
-            for change in out.changes:
-                metrics.segment_change(change, m.timestamp)
             metrics.event_processed(m.time_in)
         batch.clear()
 

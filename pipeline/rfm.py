@@ -112,30 +112,46 @@ def trim(buckets: tuple[Bucket, ...], today: int, window_days: int) -> tuple[Buc
     return tuple(b for b in buckets if b[0] >= first)
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Orders and amount inside the RFM window ending on a day."""
+
+    orders: int
+    amount_minor: int
+
+
+def window(buckets: tuple[Bucket, ...], today: int, policy: RfmPolicy) -> Window:
+    """The orders and amount of the buckets inside the window ending `today`."""
+    first = today - policy.window_days + 1
+    if buckets and buckets[0][0] >= first and buckets[-1][0] <= today:
+        # all inside the window (the usual case: states are trimmed): sum in C
+        return Window(sum([b[1] for b in buckets]), sum([b[2] for b in buckets]))
+    orders = amount = 0
+    for d, o, a in buckets:
+        if first <= d <= today:
+            orders += o
+            amount += a
+    return Window(orders, amount)
+
+
+def score_window(w: Window, last_purchase_day: int, today: int, policy: RfmPolicy) -> RfmScores:
+    """R, F and M scores at `today` of a customer with window totals `w`."""
+    recency = max(0, today - last_purchase_day)
+    return RfmScores(
+        r=5 - bisect_left(policy.recency_days, recency),
+        f=1 + bisect_right(policy.frequency_orders, w.orders),
+        m=1 + bisect_right(policy.monetary_minor, w.amount_minor),
+        recency_days=recency,
+        orders=w.orders,
+        amount_minor=w.amount_minor,
+    )
+
+
 def score(
     buckets: tuple[Bucket, ...], last_purchase_day: int, today: int, policy: RfmPolicy
 ) -> RfmScores:
     """R, F and M scores at `today` for a customer who has purchased at least once."""
-    first = today - policy.window_days + 1
-    if buckets and buckets[0][0] >= first and buckets[-1][0] <= today:
-        # all inside the window (the usual case: states are trimmed): sum in C
-        orders = sum([b[1] for b in buckets])
-        amount = sum([b[2] for b in buckets])
-    else:
-        orders = amount = 0
-        for d, o, a in buckets:
-            if first <= d <= today:
-                orders += o
-                amount += a
-    recency = max(0, today - last_purchase_day)
-    return RfmScores(
-        r=5 - bisect_left(policy.recency_days, recency),
-        f=1 + bisect_right(policy.frequency_orders, orders),
-        m=1 + bisect_right(policy.monetary_minor, amount),
-        recency_days=recency,
-        orders=orders,
-        amount_minor=amount,
-    )
+    return score_window(window(buckets, today, policy), last_purchase_day, today, policy)
 
 
 def segment(scores: RfmScores, policy: RfmPolicy) -> RfmSegment:

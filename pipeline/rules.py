@@ -99,10 +99,18 @@ class BrandRules:
     layers: tuple[Layer, ...] = ()
     # Day thresholds used on DAY_COUNTERS, so time-driven rule changes can be scheduled.
     day_thresholds: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    # The facts the conditions read (None: not known, treat as all). Lets the core skip
+    # the rules when only other facts changed (pipeline.state._recompute).
+    facts_used: frozenset[str] | None = None
+    # `tags` sorted by name once, so `evaluate` needs no sort per call
+    _tags_by_name: tuple[Tag, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tags_by_name", tuple(sorted(self.tags, key=lambda t: t.name)))
 
     def evaluate(self, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         """(sorted tag names that hold, ((layer, level), ...) in declaration order)."""
-        tags = tuple(sorted(t.name for t in self.tags if t.test(facts)))
+        tags = tuple([t.name for t in self._tags_by_name if t.test(facts)])
         layers = []
         for layer in self.layers:
             for level in layer.levels:
@@ -141,9 +149,18 @@ class RuleBook:
 # -- compiling ---------------------------------------------------------------------------
 
 
-def _compile_comparison(fact: str, ops: Any, where: str, days: dict[str, set[int]]) -> Predicate:
+@dataclass
+class _Reads:
+    """What the conditions compiled so far read: facts, and thresholds on day counters."""
+
+    facts: set[str] = field(default_factory=set)
+    days: dict[str, set[int]] = field(default_factory=dict)
+
+
+def _compile_comparison(fact: str, ops: Any, where: str, reads: _Reads) -> Predicate:
     if fact not in FACT_TYPES:
         raise RuleError(f"{where}: unknown fact {fact!r}; known facts: {sorted(FACT_NAMES)}")
+    reads.facts.add(fact)
     if not isinstance(ops, Mapping) or not ops:
         raise RuleError(f"{where}.{fact}: expected operators like {{gte: 3}}, got {ops!r}")
     kind = FACT_TYPES[fact]
@@ -161,7 +178,7 @@ def _compile_comparison(fact: str, ops: Any, where: str, days: dict[str, set[int
         if op in _ORDERED and kind is not int:
             raise RuleError(f"{where}.{fact}.{op}: {fact} is {kind.__name__}, not a number")
         if fact in DAY_COUNTERS:
-            days.setdefault(fact, set()).update(values)
+            reads.days.setdefault(fact, set()).update(values)
         checks.append((_OPERATORS[op], tuple(value) if op == "in" else value))
 
     if len(checks) == 1:  # the common case, without the loop (rules run on every event)
@@ -180,21 +197,21 @@ def _compile_comparison(fact: str, ops: Any, where: str, days: dict[str, set[int
     return test
 
 
-def _compile(cond: Any, where: str, days: dict[str, set[int]]) -> Predicate:
+def _compile(cond: Any, where: str, reads: _Reads) -> Predicate:
     if not isinstance(cond, Mapping) or len(cond) != 1:
         raise RuleError(f"{where}: a condition is a mapping with exactly one key, got {cond!r}")
     ((key, arg),) = cond.items()
     if key in ("all", "any"):
         if not isinstance(arg, list) or not arg:
             raise RuleError(f"{where}.{key}: expected a non-empty list of conditions")
-        parts = [_compile(c, f"{where}.{key}[{i}]", days) for i, c in enumerate(arg)]
+        parts = [_compile(c, f"{where}.{key}[{i}]", reads) for i, c in enumerate(arg)]
         if key == "all":
             return lambda facts: all([p(facts) for p in parts])
         return lambda facts: any([p(facts) for p in parts])
     if key == "not":
-        inner = _compile(arg, f"{where}.not", days)
+        inner = _compile(arg, f"{where}.not", reads)
         return lambda facts: not inner(facts)
-    return _compile_comparison(str(key), arg, where, days)
+    return _compile_comparison(str(key), arg, where, reads)
 
 
 def _name(item: Any, where: str) -> str:
@@ -216,7 +233,7 @@ def compile_brand_rules(spec: Mapping[str, Any], where: str) -> BrandRules:
     unknown = set(spec) - {"tags", "layers"}
     if unknown:
         raise RuleError(f"{where}: unknown keys {sorted(unknown)}; expected tags, layers")
-    days: dict[str, set[int]] = {}
+    reads = _Reads()
     tags: list[Tag] = []
     for i, item in enumerate(spec.get("tags") or []):
         at = f"{where}.tags[{i}]"
@@ -225,7 +242,7 @@ def compile_brand_rules(spec: Mapping[str, Any], where: str) -> BrandRules:
             raise RuleError(f"{at}: a tag needs a `when` condition")
         if any(t.name == name for t in tags):
             raise RuleError(f"{at}: tag {name!r} is defined twice")
-        tags.append(Tag(name, _compile(item["when"], f"{at}.when", days), _text(item["when"])))
+        tags.append(Tag(name, _compile(item["when"], f"{at}.when", reads), _text(item["when"])))
     layers: list[Layer] = []
     for i, item in enumerate(spec.get("layers") or []):
         at = f"{where}.layers[{i}]"
@@ -237,13 +254,14 @@ def compile_brand_rules(spec: Mapping[str, Any], where: str) -> BrandRules:
         for j, lev in enumerate(levels_spec):
             lat = f"{at}.levels[{j}]"
             cond = lev.get("when") if isinstance(lev, Mapping) else None
-            test = _always if cond is None else _compile(cond, f"{lat}.when", days)
+            test = _always if cond is None else _compile(cond, f"{lat}.when", reads)
             levels.append(Level(_name(lev, lat), test, _text(cond)))
         layers.append(Layer(name, tuple(levels)))
     return BrandRules(
         tags=tuple(tags),
         layers=tuple(layers),
-        day_thresholds={k: frozenset(v) for k, v in days.items()},
+        day_thresholds={k: frozenset(v) for k, v in reads.days.items()},
+        facts_used=frozenset(reads.facts),
     )
 
 

@@ -21,8 +21,8 @@ days), so `next_due` is the start of the next day on which something may change.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, TypedDict
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypedDict, TypeVar
 
 from pipeline import lifecycle as lc
 from pipeline import rfm, rules, stages
@@ -43,6 +43,7 @@ DUE_NEVER = -1  # nothing will change on time alone
 OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
 PendingRefund = tuple[str, int]  # (order_id, amount_minor)
 LayerValue = tuple[str, str]  # (layer, level)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,24 @@ class SegmentChange:
 
 # -- events -> aggregates (table-driven: one function per event type) ---------------------
 
+_KEEP: Any = object()  # "this field keeps its value" in a generated replacer
+
+
+def _replacer(cls: type[_T]) -> Callable[..., _T]:
+    """`dataclasses.replace` for one frozen dataclass, generated once with its fields as
+    keyword parameters: replace walks the fields on every call, which cost about half of
+    each new Aggregates (two per event) in the core benchmark."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    params = ", ".join(f"{n}=_KEEP" for n in names)
+    args = ", ".join(f"x.{n} if {n} is _KEEP else {n}" for n in names)
+    namespace: dict[str, Any] = {"cls": cls, "_KEEP": _KEEP}
+    exec(f"def replace_{cls.__name__}(x, *, {params}):\n    return cls({args})\n", namespace)
+    fn: Callable[..., _T] = namespace[f"replace_{cls.__name__}"]
+    return fn
+
+
+_with = _replacer(Aggregates)  # _with(a, engagements=3) is replace(a, engagements=3)
+
 
 def _top_two_days(days: set[int]) -> tuple[int, int]:
     ordered = sorted(days, reverse=True)
@@ -215,7 +234,7 @@ def _seen(a: Aggregates, t: int) -> _Seen:
 def _add_order(a: Aggregates, order_id: str, day: int, amount: int, seen: _Seen) -> Aggregates:
     last, previous = _top_two_days({a.last_purchase_day, a.previous_purchase_day, day} - {-1})
     orders = tuple(sorted((*a.recent_orders, (order_id, day, amount)), key=lambda o: (o[1], o[0])))
-    return replace(
+    return _with(
         a,
         lifetime_orders=a.lifetime_orders + 1,
         lifetime_amount_minor=a.lifetime_amount_minor + amount,
@@ -237,7 +256,7 @@ def _take_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates | None
         whole = refunded >= paid
         remaining = () if whole else ((oid, day, paid - refunded),)
         orders = (*a.recent_orders[:i], *remaining, *a.recent_orders[i + 1 :])
-        a = replace(
+        a = _with(
             a,
             lifetime_orders=a.lifetime_orders - (1 if whole else 0),
             lifetime_amount_minor=a.lifetime_amount_minor - refunded,
@@ -249,7 +268,7 @@ def _take_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates | None
             if a.lifetime_orders > len(orders):  # older orders exist beyond those kept
                 days |= {a.previous_purchase_day} - {-1}
             last, previous = _top_two_days(days)
-            a = replace(
+            a = _with(
                 a,
                 last_purchase_day=last if a.lifetime_orders > 0 else -1,
                 previous_purchase_day=previous if a.lifetime_orders > 0 else -1,
@@ -266,7 +285,7 @@ def _on_purchase(a: Aggregates, e: Touchpoint) -> Aggregates:
     early = [amount for oid, amount in a.pending_refunds if oid == p.order_id]
     if early:  # refunds that arrived before their order
         waiting = tuple(r for r in a.pending_refunds if r[0] != p.order_id)
-        a = replace(a, pending_refunds=waiting)
+        a = _with(a, pending_refunds=waiting)
         for amount in early:
             a = _take_refund(a, p.order_id, amount) or a
     return a
@@ -280,7 +299,7 @@ def _on_refund(a: Aggregates, e: Touchpoint) -> Aggregates:
     if refunded is not None:
         return refunded
     waiting = (*a.pending_refunds, (p.order_id, p.amount_minor))
-    return replace(a, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
+    return _with(a, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
 
 
 def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
@@ -288,13 +307,13 @@ def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
     assert isinstance(p, Chat)
     if p.direction != "inbound":
         return _on_other(a, e)  # a brand's own message says nothing of the customer's interest
-    return replace(a, engagements=a.engagements + 1, **_seen(a, e.occurred_at))
+    return _with(a, engagements=a.engagements + 1, **_seen(a, e.occurred_at))
 
 
 def _on_share(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Share)
-    return replace(
+    return _with(
         a,
         engagements=a.engagements + 1,
         shares=a.shares + 1,
@@ -312,12 +331,12 @@ def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
         changed.update(referred_by=seed_of(p.referrer), referred_at=t)
     if a.acquired_at < 0 or t < a.acquired_at:  # the earliest join acquired them
         changed.update(acquired_at=t, acquisition_channel=e.channel, acquisition_source=p.source)
-    return replace(a, **changed)
+    return _with(a, **changed)
 
 
 def _on_leave(a: Aggregates, e: Touchpoint) -> Aggregates:
     assert isinstance(e.payload, Leave)
-    return replace(a, last_leave=max(a.last_leave, e.occurred_at), **_seen(a, e.occurred_at))
+    return _with(a, last_leave=max(a.last_leave, e.occurred_at), **_seen(a, e.occurred_at))
 
 
 def _on_other(a: Aggregates, e: Touchpoint) -> Aggregates:
@@ -325,7 +344,7 @@ def _on_other(a: Aggregates, e: Touchpoint) -> Aggregates:
     t = e.occurred_at
     if a.first_seen <= t <= a.last_seen:
         return a
-    return replace(a, **_seen(a, t))
+    return _with(a, **_seen(a, t))
 
 
 # Types not listed (identify) only move the clock and the first/last-seen times.
@@ -342,16 +361,24 @@ _EFFECTS: dict[EventType, Callable[[Aggregates, Touchpoint], Aggregates]] = {
 # -- aggregates + clock -> derived ---------------------------------------------------------
 
 
-def facts(a: Aggregates, d: Derived, today: int, window: rfm.RfmScores | None) -> dict[str, Any]:
+def facts(
+    a: Aggregates,
+    scores: Scores,
+    segment: str | None,
+    stage: str,
+    life: str | None,
+    today: int,
+    window: rfm.Window | None,
+) -> dict[str, Any]:
     """The facts tag and layer rules are written against (see `rules.FACT_TYPES`)."""
     return {
         "lifetime_orders": a.lifetime_orders,
         "lifetime_amount_minor": a.lifetime_amount_minor,
         "window_orders": window.orders if window else 0,
         "window_amount_minor": window.amount_minor if window else 0,
-        "r": d.scores.r,
-        "f": d.scores.f,
-        "m": d.scores.m,
+        "r": scores.r,
+        "f": scores.f,
+        "m": scores.m,
         "engagements": a.engagements,
         "shares": a.shares,
         "invitations": a.invitations,
@@ -361,31 +388,87 @@ def facts(a: Aggregates, d: Derived, today: int, window: rfm.RfmScores | None) -
         ),
         "days_since_first_seen": today - rfm.day_of(a.first_seen),
         "subscribed": a.subscribed,
-        "rfm_segment": d.rfm_segment,
-        "aipl_stage": d.aipl_stage,
-        "lifecycle": d.lifecycle,
+        "rfm_segment": segment,
+        "aipl_stage": stage,
+        "lifecycle": life,
         "acquisition_channel": a.acquisition_channel,
         "acquisition_source": a.acquisition_source,
     }
 
 
-def derive(a: Aggregates, brand: str, now: int, policy: Policy) -> Derived:
-    """Segments of a person with aggregates `a` at time `now` (ms)."""
+def derive(
+    a: Aggregates,
+    brand: str,
+    now: int,
+    policy: Policy,
+    scored: Derived | None = None,
+    changed: frozenset[str] | None = None,
+) -> Derived:
+    """Segments of a person with aggregates `a` at time `now` (ms).
+
+    Shortcuts for a state carried forward (the caller checked that they apply):
+    `scored`, a Derived whose RFM scores, segment and lifecycle still hold for `a` at
+    `now` (same `_scoring_inputs`, no due time passed): they are taken from it; and
+    `changed`, the only facts that differ from those `scored` was derived on: when the
+    rules read none of them (nor a changed AIPL stage), `scored`'s tags and layers hold."""
     today = rfm.day_of(now)
     rp = policy.rfm_for(brand)
+    book = policy.rules.for_brand(brand)
     history = a.purchase_history()
-    window: rfm.RfmScores | None = None
-    scores, segment = NO_SCORES, None
-    if history is not None:
-        window = rfm.score(a.buckets, a.last_purchase_day, today, rp)
-        scores = Scores(window.r, window.f, window.m)
-        segment = rfm.segment(window, rp).value
+    window: rfm.Window | None = None
+    if scored is not None:
+        scores, segment, life = scored.scores, scored.rfm_segment, scored.lifecycle
+        if history is not None:
+            window = rfm.window(a.buckets, today, rp)
+    else:
+        scores, segment, life = NO_SCORES, None, None
+        if history is not None:
+            window = rfm.window(a.buckets, today, rp)
+            rs = rfm.score_window(window, a.last_purchase_day, today, rp)
+            scores = Scores(rs.r, rs.f, rs.m)
+            segment = rfm.segment(rs, rp).value
+        stage_of_life = lc.lifecycle(history, today, policy.lifecycle)
+        life = stage_of_life.value if stage_of_life else None
     window_orders = window.orders if window else 0
-    stage = stages.aipl_stage(a.engagements, a.lifetime_orders, window_orders, policy.aipl)
-    life = lc.lifecycle(history, today, policy.lifecycle)
-    base = Derived(scores, segment, stage.value, life.value if life else None)
-    tags, layers = policy.rules.for_brand(brand).evaluate(facts(a, base, today, window))
-    return Derived(base.scores, segment, base.aipl_stage, base.lifecycle, tags, layers)
+    stage = stages.aipl_stage(a.engagements, a.lifetime_orders, window_orders, policy.aipl).value
+    if scored is not None and changed is not None and book.facts_used is not None:
+        if scored.aipl_stage != stage:
+            changed = changed | {"aipl_stage"}
+        if book.facts_used.isdisjoint(changed):
+            return Derived(scores, segment, stage, life, scored.tags, scored.layers)
+    tags, layers = book.evaluate(facts(a, scores, segment, stage, life, today, window))
+    return Derived(scores, segment, stage, life, tags, layers)
+
+
+def _scoring_inputs(a: Aggregates) -> tuple[Any, ...]:
+    """What RFM, the lifecycle and every due time (`compute_due`) read of the aggregates;
+    with `_OTHER_FACTS`, everything `derive` reads (tests/unit/test_carried_state.py)."""
+    return (
+        a.buckets,
+        a.lifetime_orders,
+        a.lifetime_amount_minor,
+        a.first_purchase_day,
+        a.last_purchase_day,
+        a.previous_purchase_day,
+        rfm.day_of(a.first_seen),
+    )
+
+
+# The rest of what `derive` reads: facts of the AIPL stage and the rules only, named as
+# the facts they are (each is an attribute of Aggregates of the same name).
+_OTHER_FACTS = (
+    "engagements",
+    "shares",
+    "invitations",
+    "converted_invitees",
+    "subscribed",
+    "acquisition_channel",
+    "acquisition_source",
+)
+
+
+def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
+    return frozenset([n for n in _OTHER_FACTS if getattr(a, n) != getattr(b, n)])
 
 
 def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) -> str:
@@ -497,15 +580,30 @@ def _changes(
 def _recompute(
     s: PersonState, agg: Aggregates, brand: str, person_id: str, cause: str, at: int,
     policy: Policy, last_offset: int | None = None, recent: tuple[str, ...] | None = None,
+    same_policy: bool = True,
 ) -> tuple[PersonState, list[SegmentChange]]:  # fmt: skip
     """Re-derive after `agg` changed or time passed, as one new state (and the changes);
-    `last_offset` / `recent` replace the bookkeeping when given."""
+    `last_offset` / `recent` replace the bookkeeping when given.
+
+    Most events leave the purchases alone (chats, shares, joins). Until the state's due
+    time, time alone changes nothing either, so RFM, the lifecycle and the due time of
+    `s` still hold and are kept, and the rules run only if they read a fact that changed.
+    `same_policy=False` (the policy changed) re-derives everything."""
     now = s.as_of if s.as_of > at else at
     rp = policy.rfm_for(brand)
     trimmed = rfm.trim(agg.buckets, rfm.day_of(now), rp.window_days)
     if trimmed is not agg.buckets:
-        agg = replace(agg, buckets=trimmed)
-    derived = derive(agg, brand, now, policy)
+        agg = _with(agg, buckets=trimmed)
+    if same_policy and _holds_at(s, now) and _scoring_inputs(agg) == _scoring_inputs(s.agg):
+        due = s.due
+        changed = _changed_other_facts(agg, s.agg)
+        if changed:
+            derived = derive(agg, brand, now, policy, scored=s.derived, changed=changed)
+        else:
+            derived = s.derived
+    else:
+        derived = derive(agg, brand, now, policy)
+        due = compute_due(agg, now, brand, policy)
     changes = (
         _changes(s.derived, derived, agg, brand, person_id, cause, at, s.seq, policy)
         if derived != s.derived
@@ -519,9 +617,15 @@ def _recompute(
         s.recent_event_ids if recent is None else recent,
         agg,
         derived,
-        compute_due(agg, now, brand, policy),
+        due,
     )
     return new, changes
+
+
+def _holds_at(s: PersonState, now: int) -> bool:
+    """Whether `s.derived` and `s.due`, derived at `s.as_of`, still hold at `now` for the
+    same aggregates: no due time lies in between (time only matters at due times)."""
+    return s.version > 0 and s.due != DUE_UNKNOWN and (s.due == DUE_NEVER or now < s.due)
 
 
 def reassess(
@@ -529,8 +633,9 @@ def reassess(
 ) -> tuple[PersonState, list[SegmentChange]]:
     """Segments re-derived under a changed policy (e.g. new RFM thresholds), as of the
     person's clock. The changes name the policy as their cause."""
+    cause = f"policy:{policy.version}"
     return _recompute(
-        state, state.agg, brand, person_id, f"policy:{policy.version}", state.as_of, policy
+        state, state.agg, brand, person_id, cause, state.as_of, policy, same_policy=False
     )
 
 
@@ -630,7 +735,7 @@ def apply_referral(
     if state is None:
         state = PersonState(as_of=at, agg=Aggregates(first_seen=at, last_seen=at))
     state, changes = advance(state, brand, person_id, at, policy)
-    agg = replace(state.agg, converted_invitees=state.agg.converted_invitees + 1)
+    agg = _with(state.agg, converted_invitees=state.agg.converted_invitees + 1)
     cause = referral_id(invitee)
     state, more = _recompute(state, agg, brand, person_id, cause, at, policy)
     recent = (*state.recent_event_ids, cause)[-policy.dedup_window :]
@@ -686,7 +791,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
             merged = refunded
         else:
             waiting = (*merged.pending_refunds, (order_id, amount))
-            merged = replace(merged, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
+            merged = _with(merged, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
     return merged
 
 
@@ -708,7 +813,7 @@ def merge(
     if absorbed.version == 0:
         return survivor, []
     if survivor.version == 0:
-        survivor = replace(survivor, agg=absorbed.agg, as_of=absorbed.as_of)
+        survivor = replace(survivor, agg=absorbed.agg, as_of=absorbed.as_of, due=DUE_UNKNOWN)
         agg = absorbed.agg
     else:
         agg = merge_aggregates(survivor.agg, absorbed.agg)
