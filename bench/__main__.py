@@ -41,9 +41,6 @@ REQUIRED = (
     "offered_load_events_per_s",
 )
 IN_PROCESS_KEYS = REQUIRED[:2] + REQUIRED[5:7]
-# In-process figures over the plain baseline's own per-event work, paired within the run:
-# unlike the ev/s figures they hold while the shared machine drifts.
-IN_PROCESS_RATIOS = ("core_vs_baseline", "hot_path_vs_baseline")
 
 
 def machine() -> str:
@@ -169,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"touchflow bench on {result['machine']}", flush=True)
         result.update(in_process(a, settings))
         print(
-            "  in process: "
-            + json.dumps(
-                {k: round(result[k]) for k in IN_PROCESS_KEYS}
-                | {k: round(result[k], 3) for k in IN_PROCESS_RATIOS}
-            ),
+            "  in process: " + json.dumps({k: round(result[k]) for k in IN_PROCESS_KEYS}),
             flush=True,
         )
         if a.profile:

@@ -4,14 +4,12 @@ this process on one thread, with every input built before the clock starts."""
 from __future__ import annotations
 
 import gc
-import json
 import random
 import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from bench.baseline_faust import Touch, touch_json, update
 from bench.workload import Workload
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -20,7 +18,7 @@ from pipeline.events import Chat, EventType, Join, Purchase, Refund, Share, Touc
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
 from pipeline.pii import pseudonymise
-from pipeline.rfm import MS_PER_DAY, RfmPolicy
+from pipeline.rfm import MS_PER_DAY
 from pipeline.settings import Settings
 from sinks.rows import change_row, event_row, state_row
 
@@ -97,92 +95,28 @@ def _write_states(held: dict[bytes, None], store: Any, codecs: Codecs) -> int:
     return out_bytes
 
 
-# -- the plain baseline's own per-event work, in process: a yardstick in the same run -----
-
-
-def baseline_core_run(touches: list[Touch], policy: RfmPolicy) -> int:
-    """The plain Faust baseline's per-event update (`baseline_faust.update`) over a dict of
-    per-(brand, user) dicts: what part 1 times for touchflow, done the first-version way."""
-    table: dict[tuple[str, str], dict[str, Any]] = {}
-    for t in touches:
-        key = (t.brand, t.user)
-        table[key] = update(table.get(key, {}), t, policy)
-    return len(table)
-
-
-def baseline_hot_path_run(raws: list[bytes], policy: RfmPolicy) -> int:
-    """The baseline's per-event work outside Faust's machinery: its JSON value into the
-    `Touch` record, the update, and the JSON of the updated dict (its table's changelog
-    value, written per event)."""
-    table: dict[tuple[str, str], dict[str, Any]] = {}
-    out_bytes = 0
-    for raw in raws:
-        t = Touch.loads(raw)
-        key = (t.brand, t.user)
-        s = table[key] = update(table.get(key, {}), t, policy)
-        out_bytes += len(json.dumps(s))
-    return out_bytes
-
-
-def _paired(
-    ours: Callable[[], int], theirs: Callable[[], int], events: int, repeats: int
-) -> tuple[list[float], list[float], list[float], int]:
-    """(our ev/s, the baseline's ev/s, our/their ratio) per repeat, the two run in turn so
-    that each ratio compares runs seconds apart: it holds while the machine drifts; and
-    what `ours` returned."""
-    mine, base, ratios = [], [], []
-    result = 0
-    for _ in range(repeats):
-        seconds, result = _timed(ours)
-        a, b = events / seconds, events / _timed(theirs)[0]
-        mine.append(a)
-        base.append(b)
-        ratios.append(a / b)
-    return mine, base, ratios, result
-
-
 def core_rates(w: Workload, settings: Settings, repeats: int) -> dict[str, Any]:
     policy = settings.policy()
-    touches = [Touch(**touch_json(e, pid)) for e, pid in zip(w.events, w.person_ids, strict=True)]
-    engine, base, ratios, changes = _paired(
-        lambda: engine_run(w, policy, settings.allowed_lateness_ms),
-        lambda: baseline_core_run(touches, policy.rfm),
-        len(w),
-        repeats,
-    )
+    engine_s = [
+        _timed(lambda: engine_run(w, policy, settings.allowed_lateness_ms)) for _ in range(repeats)
+    ]
     apply_s = [_timed(lambda: apply_run(w, policy)) for _ in range(repeats)]
     return {
-        "core_events_per_s": _median(engine),
+        "core_events_per_s": len(w) / _median([s for s, _ in engine_s]),
         "core_apply_events_per_s": len(w) / _median([s for s, _ in apply_s]),
-        "core_changes_per_event": changes / len(w),
-        "core_runs_events_per_s": [round(x) for x in engine],
-        "baseline_core_events_per_s": _median(base),
-        "core_vs_baseline": _median(ratios),
-        "core_vs_baseline_runs": [round(r, 4) for r in ratios],
+        "core_changes_per_event": engine_s[0][1] / len(w),
+        "core_runs_events_per_s": [round(len(w) / s) for s, _ in engine_s],
     }
 
 
 def hot_path_rates(w: Workload, settings: Settings, repeats: int) -> dict[str, Any]:
     codecs = Codecs()
     raws = [codecs.encode_event(e) for e in w.events]
-    json_raws = [
-        json.dumps(touch_json(e, pid)).encode()
-        for e, pid in zip(w.events, w.person_ids, strict=True)
-    ]
-    rfm_policy = settings.policy().rfm
-    ours, base, ratios, _ = _paired(
-        lambda: hot_path_run(raws, settings, codecs),
-        lambda: baseline_hot_path_run(json_raws, rfm_policy),
-        len(w),
-        repeats,
-    )
+    runs = [_timed(lambda: hot_path_run(raws, settings, codecs)) for _ in range(repeats)]
     return {
-        "hot_path_events_per_s": _median(ours),
-        "hot_path_runs_events_per_s": [round(x) for x in ours],
+        "hot_path_events_per_s": len(w) / _median([s for s, _ in runs]),
+        "hot_path_runs_events_per_s": [round(len(w) / s) for s, _ in runs],
         "event_wire_bytes_mean": sum(map(len, raws)) / len(raws),
-        "baseline_hot_path_events_per_s": _median(base),
-        "hot_path_vs_baseline": _median(ratios),
-        "hot_path_vs_baseline_runs": [round(r, 4) for r in ratios],
     }
 
 
