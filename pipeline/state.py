@@ -441,8 +441,9 @@ def derive(
 
 
 def _scoring_inputs(a: Aggregates) -> tuple[Any, ...]:
-    """What RFM, the lifecycle and every due time (`compute_due`) read of the aggregates;
-    with `_OTHER_FACTS`, everything `derive` reads (tests/unit/test_carried_state.py)."""
+    """What RFM, the lifecycle and every due time (`compute_due`) read of the aggregates,
+    and the lifetime amount (a fact that only moves with them); with `_OTHER_FACTS`,
+    everything `derive` reads (tests/unit/test_carried_state.py checks it)."""
     return (
         a.buckets,
         a.lifetime_orders,
