@@ -415,15 +415,12 @@ def derive(
     rp = policy.rfm_for(brand)
     book = policy.rules.for_brand(brand)
     history = a.purchase_history()
-    window: rfm.Window | None = None
+    window = rfm.window(a.buckets, today, rp) if history is not None else None
     if scored is not None:
         scores, segment, life = scored.scores, scored.rfm_segment, scored.lifecycle
-        if history is not None:
-            window = rfm.window(a.buckets, today, rp)
     else:
-        scores, segment, life = NO_SCORES, None, None
-        if history is not None:
-            window = rfm.window(a.buckets, today, rp)
+        scores, segment = NO_SCORES, None
+        if window is not None:
             rs = rfm.score_window(window, a.last_purchase_day, today, rp)
             scores = Scores(rs.r, rs.f, rs.m)
             segment = rfm.segment(rs, rp).value
