@@ -99,7 +99,7 @@ async def test_restarted_worker_continues_from_the_full_state(
     # The budget is for the group join, not the recovery (0.03 s here): Tansu holds each
     # JoinGroup ~30 s, and a worker may join twice (again after its subscription grows).
     await async_wait_until(
-        lambda: _eq(versions, expected_101), 200, "recovered state + 1 event per person"
+        lambda: _eq(versions, expected_101), 300, "recovered state + 1 event per person"
     )
     assert second.alive(), second.log_tail()
 
