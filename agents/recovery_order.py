@@ -17,6 +17,16 @@ events per partition. Seen and measured in docs/notes/restart-gap.md.
 Here the order is: seek while the stream partitions are still paused, clear the queues,
 then resume the partitions and the flow. Nothing of a stream partition is fetched before
 its position is final, so nothing is cleared that was not fetched again.
+
+A stream partition with no committed offset (a group that never committed, or whose
+offsets expired: Kafka drops an empty group's offsets after `offsets.retention.minutes`,
+7 days by default) is sought to its beginning too. aiokafka's `seek_to_committed` leaves
+such a partition where it is, and during a recovery that read anything, the fetcher had
+already reset it to the beginning and read on, so its position was past events that were
+then cleared: they were never processed (found by bench/recovered_memory.py, pinned by
+tests/integration/test_recovery.py). The consumer resets to "earliest" (pipeline/app.py):
+with nothing committed, everything retained is still to be processed, and the redelivery
+guard in the state makes re-reading idempotent.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from typing import Any, cast
 
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import ensure_aiokafka_TPset
 
 
 class SeekFirstRecovery(Recovery):  # type: ignore[misc]
@@ -41,7 +52,18 @@ class SeekFirstRecovery(Recovery):  # type: ignore[misc]
         if streams:
             consumer.pause_partitions(streams)  # already paused on assignment; made sure
             self.log.info("Seek stream partitions to committed offsets.")
-            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+            timeout = self.app.conf.broker_request_timeout
+            await self._wait(consumer.perform_seek(), timeout=timeout)
+            # perform_seek has just set the read offset of every assigned partition from
+            # its committed offset: None or 0 means nothing was committed (or 0 was).
+            uncommitted = {tp for tp in streams if not consumer._read_offset.get(tp)}
+            if uncommitted:
+                self.log.info("Seek uncommitted stream partitions to their beginning.")
+                # The aiokafka consumer lives in Faust's consumer thread (`_thread`).
+                await self._wait(
+                    consumer._thread.seek_to_beginning(*ensure_aiokafka_TPset(uncommitted)),
+                    timeout=timeout,
+                )
         self.completed.set()
         self.log.info("Resuming flow...")
         self.app.flow_control.resume()  # clears the stream queues: nothing of `streams` in them

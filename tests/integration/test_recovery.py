@@ -13,12 +13,23 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.broker_compat import true_end_offsets
+from pipeline import state as core
+from pipeline.codec import Codecs
 from pipeline.events import Chat, EventType, Touchpoint, UserRef
 from pipeline.identity import person_id_for
 from pipeline.pii import pseudonymise
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
-from tests.integration.helpers import PII_KEY, async_wait_until, publish
+from tests.integration.helpers import (
+    PII_KEY,
+    async_wait_until,
+    get,
+    parse,
+    partition_of,
+    publish,
+    value,
+    web_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +113,68 @@ async def test_restarted_worker_continues_from_the_full_state(
         lambda: _eq(versions, expected_101), 300, "recovered state + 1 event per person"
     )
     assert second.alive(), second.log_tail()
+
+
+async def test_recovered_worker_without_committed_offsets_processes_every_event(
+    settings: Settings, sink: ClickHouseSink, workers
+) -> None:
+    """A group with nothing committed (its offsets expired, or a worker died before its
+    first commit) over a changelog that holds states: the recovery reads the changelog,
+    and every event already on the events topic must still be processed, from the first.
+    (The fetcher read the stream partitions during the recovery; with no committed offset
+    to seek back to, those events were skipped: agents/recovery_order.py.)"""
+    key = PII_KEY.encode()
+    now = int(time.time() * 1000) - 3_600_000
+    policy, codecs = settings.policy(), Codecs()
+    # States such as an earlier worker left, 5 events each; enough of them that the
+    # recovery takes a while (the fetcher reads the stream partitions meanwhile).
+    known = [UserRef("openid", pseudonymise("openid", f"known-{n}", key)) for n in range(3000)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = []
+        for user in known:
+            pid = person_id_for(user)
+            s: core.PersonState | None = None
+            for offset, e in enumerate(chats([user], 0, 5, now - 60_000)):
+                s, _ = core.apply(s, e, pid, policy, offset)
+            assert s is not None
+            sent.append(
+                await producer.send(
+                    settings.changelog_topic,
+                    codecs.encode_state(s),
+                    key=core.state_key("lumi", pid).encode(),
+                    partition=partition_of(user, settings.partitions),
+                )
+            )
+        for f in sent:
+            await f
+    finally:
+        await producer.stop()
+    new = [UserRef("openid", pseudonymise("openid", f"new-{n}", key)) for n in range(3)]
+    await publish(settings, chats(new, 0, 30, now))  # before the worker: read in recovery
+
+    worker = workers()
+    expected = sorted((person_id_for(u), 30) for u in new)
+    pids = tuple(person_id_for(u) for u in new)
+
+    async def versions() -> list[tuple[str, int]]:
+        return await sink.query(
+            "SELECT person_id, version FROM person_state FINAL "
+            f"WHERE person_id IN {pids} ORDER BY person_id"
+        )
+
+    await async_wait_until(lambda: _eq(versions, expected), 300, "30 events applied per person")
+
+    # The recovery read the states (the path under test), and the new people joined them.
+    async def people_in_state() -> float:
+        _, text = await get(f"http://127.0.0.1:{web_port(worker)}/metrics")
+        return value(parse(text), "touchflow_people_in_state")
+
+    await async_wait_until(
+        lambda: _eq(people_in_state, len(known) + len(new)), 60, "recovered + new people"
+    )
+    assert worker.alive(), worker.log_tail()
 
 
 async def group_members(bootstrap: str, group: str) -> list[str]:
