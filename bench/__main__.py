@@ -62,6 +62,12 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (~1.5 min)")
     p.add_argument("--in-process-only", action="store_true", help="skip the broker parts")
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the worker's memory at --memory-people"
+    )
+    p.add_argument(
+        "--memory-only", action="store_true", help="only the worker's memory at --memory-people"
+    )
     p.add_argument("--repeats", type=int, help="timed repeats of each in-process part")
     p.add_argument("--e2e-runs", type=int, help="end-to-end runs (fresh topics each)")
     p.add_argument("--events", type=int, help="events of the core workload")
@@ -69,13 +75,16 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2e-events", type=int, help="events published in the throughput run")
     p.add_argument("--rate", type=float, help="offered load of the latency run, events/s")
     p.add_argument("--latency-seconds", type=float, help="length of the latency run")
+    p.add_argument(
+        "--memory-people", type=int, help="people a worker recovers for the memory figure"
+    )
     p.add_argument("--profile", action="store_true", help="profile the core (needs pyinstrument)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     a = p.parse_args(argv)
     full = dict(repeats=3, e2e_runs=3, events=40_000, people=20_000, e2e_events=30_000,
-                rate=500.0, latency_seconds=20.0)  # fmt: skip
+                rate=500.0, latency_seconds=20.0, memory_people=1_000_000)  # fmt: skip
     quick = dict(repeats=1, e2e_runs=1, events=3_000, people=1_000, e2e_events=2_000,
-                 rate=300.0, latency_seconds=3.0)  # fmt: skip
+                 rate=300.0, latency_seconds=3.0, memory_people=5_000)  # fmt: skip
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -150,6 +159,21 @@ def end_to_end(a: argparse.Namespace, settings: Settings, logs: Path) -> dict[st
     return out
 
 
+def recovered_memory(a: argparse.Namespace, settings: Settings, logs: Path) -> dict[str, Any]:
+    """A worker's memory at `a.memory_people` people, on a broker of its own (Tansu keeps
+    every topic in memory; the end-to-end runs' data should not weigh on it)."""
+    from bench import recovered_memory as part
+    from pipeline.broker import EmbeddedBroker
+
+    key = PII_KEY.encode()
+    now = int(time.time() * 1000)
+    w = workload.build(a.events, a.people, key, now - 400 * MS_PER_DAY, 365)
+    templates = part.final_states(w, settings)
+    warm = workload.build(500, 200, key, now - 420 * MS_PER_DAY, 10, seed=1, id_prefix="warm")
+    with EmbeddedBroker(log_file=logs / "broker-memory.log") as broker:
+        return asyncio.run(part.run(settings, templates, a.memory_people, warm, logs, broker))
+
+
 def main(argv: list[str] | None = None) -> int:
     a = options(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -164,15 +188,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         result: dict[str, Any] = {"machine": machine(), "started": stamp, "quick": a.quick}
         print(f"touchflow bench on {result['machine']}", flush=True)
-        result.update(in_process(a, settings))
-        print(
-            "  in process: " + json.dumps({k: round(result[k]) for k in IN_PROCESS_KEYS}),
-            flush=True,
-        )
+        if not a.memory_only:
+            result.update(in_process(a, settings))
+            print(
+                "  in process: " + json.dumps({k: round(result[k]) for k in IN_PROCESS_KEYS}),
+                flush=True,
+            )
         if a.profile:
             print(f"  profile: {profile_core(a, settings, stamp)}", flush=True)
-        if not a.in_process_only:
+        if not (a.in_process_only or a.memory_only):
             result.update(end_to_end(a, settings, Path(tmp)))
+        if not (a.in_process_only or a.no_memory):
+            result.update(recovered_memory(a, settings, Path(tmp)))
+            print(
+                f"  worker at {a.memory_people} people: "
+                f"{result['memory_worker_rss_gib']:.2f} GiB RSS, "
+                f"ready in {result['memory_ready_seconds']:.0f} s",
+                flush=True,
+            )
     result["seconds"] = round(time.monotonic() - started, 1)
     result["params"] = {k: v for k, v in vars(a).items() if k != "out"}
     text = json.dumps(result, indent=2, sort_keys=True)

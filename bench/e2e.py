@@ -105,7 +105,7 @@ async def publish_all(
     return ends
 
 
-def _avro(codecs: Codecs, w: Workload) -> list[tuple[bytes, bytes]]:
+def avro(codecs: Codecs, w: Workload) -> list[tuple[bytes, bytes]]:
     return [
         (p.encode(), codecs.encode_event(e)) for e, p in zip(w.events, w.person_ids, strict=True)
     ]
@@ -137,7 +137,7 @@ async def _wait(
         await asyncio.sleep(0.1)
 
 
-def _alive(p: subprocess.Popen[bytes], log: Path) -> Callable[[], None]:
+def liveness(p: subprocess.Popen[bytes], log: Path) -> Callable[[], None]:
     def check() -> None:
         if p.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
@@ -153,7 +153,7 @@ async def _caught_up(
         raise TimeoutError(f"benchmark: consumer group {group} did not catch up")
 
 
-async def _drained(
+async def drained(
     settings: Settings, ends: dict[TopicPartition, int], alive: Callable[[], None]
 ) -> None:
     """The worker has committed every event up to `ends`, then everything its first stage
@@ -201,7 +201,7 @@ async def _latency(
     reader = asyncio.create_task(consume())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
-    records = _avro(codecs, w)
+    records = avro(codecs, w)
     ends: dict[TopicPartition, int] = {}
     futures = []
     started = time.monotonic()
@@ -219,7 +219,7 @@ async def _latency(
         for md in await asyncio.gather(*futures):
             tp = TopicPartition(md.topic, md.partition)
             ends[tp] = max(ends.get(tp, 0), md.offset + 1)
-        await _drained(settings, ends, alive)
+        await drained(settings, ends, alive)
         await asyncio.sleep(1.0)  # changes sent before the commit are in flight still
     finally:
         stop.set()
@@ -249,29 +249,13 @@ async def run(
     broker: EmbeddedBroker,
 ) -> dict[str, Any]:
     """One end-to-end run on fresh topics, group and database; returns its figures."""
-    tag = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(
-        update={
-            "kafka_bootstrap": broker.bootstrap,
-            "broker_compat": "tansu",
-            "app_id": f"bench-{tag}",
-            "events_topic": f"bench-{tag}.events",
-            "changes_topic": f"bench-{tag}.segment-changes",
-            "dlq_topic": f"bench-{tag}.dlq",
-            "thresholds_topic": f"bench-{tag}.rfm-thresholds",
-            "links_topic": f"bench-{tag}.identity-links",
-            "referrals_topic": f"bench-{tag}.referrals",
-            "resolved_topic": f"bench-{tag}.resolved",
-            "clickhouse_database": f"bench_{tag}",
-            "sink_group": f"bench-{tag}-sink",
-        }
-    )
+    settings = fresh_settings(settings, broker, "bench")
     bootstrap = broker.bootstrap
     codecs = Codecs()
     await ensure_topics(bootstrap, settings)
     out: dict[str, Any] = {}
     worker = start_worker(settings, logs)
-    alive = _alive(worker, logs / "worker.log")
+    alive = liveness(worker, logs / "worker.log")
     sink = ClickHouseSink(settings, bootstrap)
     await sink.start()
     stop_sink = asyncio.Event()
@@ -279,8 +263,8 @@ async def run(
     baseline: subprocess.Popen[bytes] | None = None
     try:
         # Warm-up: the worker has joined its group and processed a first batch.
-        ends = await publish_all(bootstrap, settings.events_topic, _avro(codecs, warmup))
-        await _drained(settings, ends, alive)
+        ends = await publish_all(bootstrap, settings.events_topic, avro(codecs, warmup))
+        await drained(settings, ends, alive)
         await _wait(
             lambda: _has(sink, "SELECT count() FROM events FINAL", len(warmup)),
             "warm-up rows",
@@ -291,9 +275,9 @@ async def run(
         # Throughput: publish everything as fast as possible; done when the worker has
         # committed it all and every event, change and state is queryable in ClickHouse.
         t0 = time.monotonic()
-        ends = await publish_all(bootstrap, settings.events_topic, _avro(codecs, throughput))
+        ends = await publish_all(bootstrap, settings.events_topic, avro(codecs, throughput))
         published = time.monotonic()
-        await _drained(settings, ends, alive)
+        await drained(settings, ends, alive)
         processed = time.monotonic()
         total = len(warmup) + len(throughput)
         await _wait(
@@ -338,11 +322,11 @@ async def run(
         stop_process(worker)
 
         # Streaming yardstick: a plain Faust worker over the same events as JSON.
-        topic = f"bench-{tag}.baseline"
+        topic = f"{settings.app_id}.baseline"
         await _create_topic(bootstrap, topic, settings.partitions)
-        app_id = f"bench-{tag}-baseline"
+        app_id = f"{settings.app_id}-baseline"
         baseline = start_baseline(bootstrap, topic, app_id, settings.partitions, logs)
-        base_alive = _alive(baseline, logs / "baseline.log")
+        base_alive = liveness(baseline, logs / "baseline.log")
         ends = await publish_all(bootstrap, topic, _json(warmup))
         await _caught_up(bootstrap, app_id, ends, base_alive)
         t0 = time.monotonic()
@@ -359,6 +343,27 @@ async def run(
         stop_sink.set()
         await sink_task
         sink.close()
+
+
+def fresh_settings(settings: Settings, broker: EmbeddedBroker, prefix: str) -> Settings:
+    """`settings` on `broker` with topics, group and database of their own."""
+    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap": broker.bootstrap,
+            "broker_compat": "tansu",
+            "app_id": tag,
+            "events_topic": f"{tag}.events",
+            "changes_topic": f"{tag}.segment-changes",
+            "dlq_topic": f"{tag}.dlq",
+            "thresholds_topic": f"{tag}.rfm-thresholds",
+            "links_topic": f"{tag}.identity-links",
+            "referrals_topic": f"{tag}.referrals",
+            "resolved_topic": f"{tag}.resolved",
+            "clickhouse_database": tag.replace("-", "_"),
+            "sink_group": f"{tag}-sink",
+        }
+    )
 
 
 async def _has(sink: ClickHouseSink, sql: str, at_least: int) -> bool:
