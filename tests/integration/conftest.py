@@ -43,6 +43,9 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Worker]
     yield start
     for w in started:
         w.stop()
+        # pytest shows a test's captured output only when it fails: then each worker's
+        # last lines are in the report (a clean-clone CI keeps nothing else).
+        print(f"----- {w.log.name}, last lines\n{w.log_tail(60)}")
 
 
 @pytest.fixture
