@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from aiokafka import TopicPartition
 from faust.types import TP
 
 from agents.recovery_order import SeekFirstRecovery
@@ -19,7 +21,10 @@ STREAM = TP("events", 0)
 CHANGELOG = TP("tf-state-changelog", 0)
 
 
-def recorded_recovery(tmp_path: Path) -> tuple[SeekFirstRecovery, list[str]]:
+def recorded_recovery(
+    tmp_path: Path, committed: int | None = 42
+) -> tuple[SeekFirstRecovery, list[str]]:
+    """`committed`: the stream partition's committed offset, as the seek finds it."""
     app = create_app(Settings(kafka_bootstrap="127.0.0.1:1", data_dir=tmp_path))
     recovery = app.tables.recovery
     assert isinstance(recovery, SeekFirstRecovery)
@@ -28,6 +33,12 @@ def recorded_recovery(tmp_path: Path) -> tuple[SeekFirstRecovery, list[str]]:
 
     async def perform_seek() -> None:
         calls.append("seek")
+        # What Faust's perform_seek leaves: each partition's read offset from its commit.
+        for tp, offset in ((STREAM, committed), (CHANGELOG, None)):
+            consumer._read_offset[tp] = offset if offset is not None and offset >= 0 else None
+
+    async def seek_to_beginning(*tps: TopicPartition) -> None:
+        calls.append(f"beginning {sorted((tp.topic, tp.partition) for tp in tps)}")
 
     async def maybe_start() -> None:
         calls.append("fetcher")
@@ -39,6 +50,7 @@ def recorded_recovery(tmp_path: Path) -> tuple[SeekFirstRecovery, list[str]]:
     consumer.resume_flow = lambda: calls.append("flow")  # type: ignore[method-assign]
     app.flow_control.resume = lambda: calls.append("clear queues")  # type: ignore[method-assign]
     app._fetcher.maybe_start = maybe_start  # type: ignore[method-assign]
+    consumer._thread.seek_to_beginning = seek_to_beginning  # type: ignore[method-assign]
     recovery._is_changelog_tp = lambda tp: tp == CHANGELOG  # type: ignore[method-assign]
     # Recovery's `_wait` races the step against a rebalance signal of a started service.
     recovery._wait = lambda step, timeout=None: step  # type: ignore[method-assign]
@@ -62,7 +74,29 @@ def test_stream_partitions_are_sought_while_paused_and_resumed_after_the_queues_
     assert recovery.completed.is_set()
 
 
-def test_changelog_partitions_are_left_as_recovery_set_them(tmp_path: Path) -> None:
-    recovery, calls = recorded_recovery(tmp_path)
+@pytest.mark.parametrize("committed", [None, 0])
+def test_stream_partitions_with_nothing_committed_are_sought_to_their_beginning(
+    tmp_path: Path, committed: int | None
+) -> None:
+    # aiokafka's seek_to_committed leaves them where the fetcher got to during recovery.
+    recovery, calls = recorded_recovery(tmp_path, committed)
     asyncio.run(recovery._seek_then_resume())
-    assert not any(str(CHANGELOG) in call for call in calls)
+    stream = f"{sorted({STREAM})}"
+    assert calls == [
+        f"pause {stream}",
+        "seek",
+        f"beginning {[(STREAM.topic, STREAM.partition)]}",
+        "clear queues",
+        f"resume {stream}",
+        "flow",
+        "fetcher",
+    ]
+
+
+@pytest.mark.parametrize("committed", [None, 42])
+def test_changelog_partitions_are_left_as_recovery_set_them(
+    tmp_path: Path, committed: int | None
+) -> None:
+    recovery, calls = recorded_recovery(tmp_path, committed)
+    asyncio.run(recovery._seek_then_resume())
+    assert not any(CHANGELOG.topic in call for call in calls)
