@@ -89,8 +89,9 @@ async def fill_changelog(
     return written
 
 
-async def people_in_state(worker_config: Path) -> float:
-    """The worker's `touchflow_people_in_state` gauge, once it has been refreshed."""
+async def people_in_state(worker_config: Path, at_least: int) -> float:
+    """The worker's `touchflow_people_in_state` gauge once it shows `at_least` (it is
+    refreshed every `metrics_interval_seconds`), or what it shows after a minute."""
     port = yaml.safe_load(worker_config.read_text())["web_port"]
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
@@ -105,7 +106,7 @@ async def people_in_state(worker_config: Path) -> float:
                 ),
                 0.0,
             )
-            if count > 0 or time.monotonic() > deadline:
+            if count >= at_least or time.monotonic() > deadline:
                 return count
             await asyncio.sleep(0.5)
 
@@ -134,7 +135,7 @@ async def run(
         )
         await e2e.drained(settings, ends, alive)
         ready = time.monotonic()
-        held = await people_in_state(logs / "worker.yaml")
+        held = await people_in_state(logs / "worker.yaml", people)
         if held < people:  # a short recovery would make the figure a flattering lie
             raise RuntimeError(f"the worker holds {held:.0f} states, not the {people} written")
         rss = rss_bytes(worker.pid)
