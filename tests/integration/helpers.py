@@ -77,7 +77,10 @@ class Worker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        env = cli_env(self.settings, self.log.with_suffix(".yaml"), web_port=free_port())
+        # Info level: a failing test's report then shows where the worker got to (group
+        # join, recovery, "Worker ready"); the log is only read on failure.
+        config = self.log.with_suffix(".yaml")
+        env = cli_env(self.settings, config, web_port=free_port(), log_level="info")
         env.pop("TOUCHFLOW_PII_KEY", None)  # workers only check that ids are hashed
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
@@ -103,7 +106,9 @@ class Worker:
             return self.process.wait()
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        """The log's last lines, without Faust's boxed tables (banner, assignments)."""
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join([t for t in text if t.strip() and t[0] not in "|+"][-lines:])
 
 
 async def publish(settings: Settings, events: list[Touchpoint | bytes]) -> None:
