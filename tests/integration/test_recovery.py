@@ -105,6 +105,10 @@ async def test_restarted_worker_continues_from_the_full_state(
     assert await group_members(settings.kafka_bootstrap, settings.app_id) == []
 
     second = workers()  # empty memory store: everything comes from the changelog
+    # Published once the worker is ready: events that arrive during its join and recovery
+    # are what the open stall below needs (docs/reliability.md); this test is about the
+    # state the recovery restores.
+    await async_wait_until(lambda: _ready(second), 240, "the restarted worker ready")
     await publish(settings, chats(users, 100, 1, now))
     expected_101 = sorted((person_id_for(u), 101) for u in users)
     # A recovery that stopped short would resume at a lower version; the store keeps the
@@ -195,6 +199,14 @@ async def test_recovered_worker_without_committed_offsets_processes_every_event(
         lambda: _eq(people_in_state, len(known) + len(new)), 60, "recovered + new people"
     )
     assert worker.alive(), worker.log_tail()
+
+
+async def _ready(worker) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        status, _ = await get(f"http://127.0.0.1:{web_port(worker)}/readyz")
+    except OSError:  # not listening yet
+        return False
+    return status == 200
 
 
 async def group_members(bootstrap: str, group: str) -> list[str]:
