@@ -36,7 +36,6 @@ from typing import Any, cast
 
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
-from faust.transport.drivers.aiokafka import ensure_aiokafka_TPset
 
 
 class SeekFirstRecovery(Recovery):  # type: ignore[misc]
@@ -59,11 +58,11 @@ class SeekFirstRecovery(Recovery):  # type: ignore[misc]
             uncommitted = {tp for tp in streams if not consumer._read_offset.get(tp)}
             if uncommitted:
                 self.log.info("Seek uncommitted stream partitions to their beginning.")
-                # The aiokafka consumer lives in Faust's consumer thread (`_thread`).
-                await self._wait(
-                    consumer._thread.seek_to_beginning(*ensure_aiokafka_TPset(uncommitted)),
-                    timeout=timeout,
-                )
+                # Offset 0, set at once: where the log starts later (retention), aiokafka
+                # resets to the earliest offset kept. (`seek_to_beginning` waits for a
+                # ListOffsets round trip, a window in which the fetcher runs on.)
+                for tp in sorted(uncommitted):
+                    await consumer.seek(tp, 0)
         self.completed.set()
         self.log.info("Resuming flow...")
         self.app.flow_control.resume()  # clears the stream queues: nothing of `streams` in them

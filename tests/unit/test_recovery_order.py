@@ -10,7 +10,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 from faust.types import TP
 
 from agents.recovery_order import SeekFirstRecovery
@@ -37,8 +36,8 @@ def recorded_recovery(
         for tp, offset in ((STREAM, committed), (CHANGELOG, None)):
             consumer._read_offset[tp] = offset if offset is not None and offset >= 0 else None
 
-    async def seek_to_beginning(*tps: TopicPartition) -> None:
-        calls.append(f"beginning {sorted((tp.topic, tp.partition) for tp in tps)}")
+    async def seek(tp: TP, offset: int) -> None:
+        calls.append(f"seek {tp.topic}[{tp.partition}] to {offset}")
 
     async def maybe_start() -> None:
         calls.append("fetcher")
@@ -50,7 +49,7 @@ def recorded_recovery(
     consumer.resume_flow = lambda: calls.append("flow")  # type: ignore[method-assign]
     app.flow_control.resume = lambda: calls.append("clear queues")  # type: ignore[method-assign]
     app._fetcher.maybe_start = maybe_start  # type: ignore[method-assign]
-    consumer._thread.seek_to_beginning = seek_to_beginning  # type: ignore[method-assign]
+    consumer.seek = seek  # type: ignore[method-assign]
     recovery._is_changelog_tp = lambda tp: tp == CHANGELOG  # type: ignore[method-assign]
     # Recovery's `_wait` races the step against a rebalance signal of a started service.
     recovery._wait = lambda step, timeout=None: step  # type: ignore[method-assign]
@@ -85,7 +84,7 @@ def test_stream_partitions_with_nothing_committed_are_sought_to_their_beginning(
     assert calls == [
         f"pause {stream}",
         "seek",
-        f"beginning {[(STREAM.topic, STREAM.partition)]}",
+        f"seek {STREAM.topic}[{STREAM.partition}] to 0",
         "clear queues",
         f"resume {stream}",
         "flow",
