@@ -20,7 +20,7 @@ its position is final, so nothing is cleared that was not fetched again.
 
 A stream partition with no committed offset (a group that never committed, or whose
 offsets expired: Kafka drops an empty group's offsets after `offsets.retention.minutes`,
-7 days by default) is sought to its beginning too. aiokafka's `seek_to_committed` leaves
+7 days by default) is sought to its beginning (offset 0) too. aiokafka's `seek_to_committed` leaves
 such a partition where it is, and during a recovery that read anything, the fetcher had
 already reset it to the beginning and read on, so its position was past events that were
 then cleared: they were never processed (found by bench/recovered_memory.py, pinned by
@@ -51,8 +51,7 @@ class SeekFirstRecovery(Recovery):  # type: ignore[misc]
         if streams:
             consumer.pause_partitions(streams)  # already paused on assignment; made sure
             self.log.info("Seek stream partitions to committed offsets.")
-            timeout = self.app.conf.broker_request_timeout
-            await self._wait(consumer.perform_seek(), timeout=timeout)
+            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
             # perform_seek has just set the read offset of every assigned partition from
             # its committed offset: None or 0 means nothing was committed (or 0 was).
             uncommitted = {tp for tp in streams if not consumer._read_offset.get(tp)}
