@@ -41,6 +41,9 @@ KIND, PERSON = "touchflow.kind", "touchflow.person"
 MERGE_TO, MERGE_FROM, BRAND = "touchflow.merge-to", "touchflow.merge-from", "touchflow.brand"
 INVITEE, AT = "touchflow.invitee", "touchflow.at"
 EVENT, MERGE, MERGE_IN, REFERRAL = "event", "merge", "merge-in", "referral"
+# "partition:offset" of a forwarded event in the events topic: its copies, forwarded again
+# by a resolver that died before committing, carry the same (state.is_forwarded_again).
+SOURCE = "touchflow.source"
 
 
 @contextmanager
@@ -83,9 +86,22 @@ def declare(app: faust.App, settings: Settings) -> Routing:
 # it writes states and before the batch is acknowledged.
 
 
-async def send_event(routing: Routing, person: str, value: bytes) -> None:
+def source_of(message: Any) -> tuple[int, int] | None:
+    """Where a forwarded event came from in the events topic (None: not forwarded)."""
+    text = header(message, SOURCE)
+    if text is None:
+        return None
+    partition, _, offset = text.partition(":")
+    return int(partition), int(offset)
+
+
+async def send_event(
+    routing: Routing, person: str, value: bytes, source: tuple[int, int] | None
+) -> None:
     """The event's resolved copy, keyed by its person: once per event, so a raw send."""
     headers = [(KIND, EVENT.encode()), (PERSON, person.encode())]
+    if source is not None:
+        headers.append((SOURCE, f"{source[0]}:{source[1]}".encode()))
     topic = routing.resolved.get_topic_name()
     await send_raw(routing.resolved.app, topic, person.encode(), value, headers)
 
@@ -155,7 +171,7 @@ def register_resolver(
         if isinstance(tp.payload, Identify):
             for linked in {seed_of(u) for u in tp.payload.identities} - {seed}:
                 await routing.links.send(key=linked.encode(), value=person.encode())
-        await send_event(routing, person, m.value)
+        await send_event(routing, person, m.value, (m.partition, m.offset))
 
     async def on_referral(m: Any) -> None:
         person = person_of(bytes(m.key).decode())
@@ -202,7 +218,7 @@ class Merges:
         target = self.alias(person)
         if target is None:
             return False
-        await send_event(self.routing, target, m.value)
+        await send_event(self.routing, target, m.value, source_of(m))
         link = {"key": seed_of(tp.user).encode(), "value": target.encode()}
         await self.routing.links.send(**link, force=True)
         return True

@@ -161,7 +161,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
                 return False
             metrics.event_consumed(tp)
-            engine.on_event(tp, person_id, m.offset, out)
+            engine.on_event(tp, person_id, m.offset, out, identity.source_of(m))
         clocks.written(m.partition, out)
         return True
 

@@ -280,6 +280,7 @@ def state_to_record(s: PersonState) -> dict[str, Any]:
         "last_offset": s.last_offset,
         "as_of": s.as_of,
         "recent_event_ids": list(s.recent_event_ids),
+        "source_offsets": [{"partition": p, "offset": o} for p, o in s.source_offsets],
         "first_seen": a.first_seen,
         "last_seen": a.last_seen,
         "engagements": a.engagements,
@@ -361,6 +362,7 @@ def state_from_record(r: dict[str, Any]) -> PersonState:
         recent_event_ids=tuple(r["recent_event_ids"]),
         agg=agg,
         derived=derived,
+        source_offsets=tuple((x["partition"], x["offset"]) for x in r["source_offsets"]),
     )
 
 

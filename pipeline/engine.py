@@ -109,9 +109,15 @@ class PartitionEngine:
         return changes
 
     def on_event(
-        self, event: Touchpoint, person_id: str, offset: int = -1, out: Outcome | None = None
+        self,
+        event: Touchpoint,
+        person_id: str,
+        offset: int = -1,
+        out: Outcome | None = None,
+        source: core.Source | None = None,
     ) -> Outcome:
-        """Advance the clock to this event, fire what is due, then apply the event."""
+        """Advance the clock to this event, fire what is due, then apply the event.
+        `source`: the (events partition, offset) the resolver forwarded it from."""
         out = out if out is not None else Outcome()
         t = event.occurred_at
         if self.max_event_time is None or t > self.max_event_time:
@@ -123,21 +129,31 @@ class PartitionEngine:
         # The brand's own view, then each brand group's (cross-brand) view of the person.
         for brand in (event.brand, *self.policy.groups_of(event.brand)):
             own = brand == event.brand
-            self._apply(event if own else replace(event, brand=brand), person_id, offset, out, own)
+            scoped = event if own else replace(event, brand=brand)
+            self._apply(scoped, person_id, offset, out, own, source)
         return out
 
     def _apply(
-        self, event: Touchpoint, person_id: str, offset: int, out: Outcome, own_brand: bool
+        self,
+        event: Touchpoint,
+        person_id: str,
+        offset: int,
+        out: Outcome,
+        own_brand: bool,
+        source: core.Source | None,
     ) -> None:
         key = core.state_key(event.brand, person_id).encode()
         old = self.store.get(key)
         if old is not None and 0 <= offset <= old.last_offset:
             out.redelivered = True  # its effects are already in the state
             return
+        if core.is_forwarded_again(old, source):
+            out.redelivered = True  # forwarded again by a resolver that restarted
+            return
         if core.is_duplicate(old, event):
             out.duplicate = True
             return
-        new, changes = core.apply(old, event, person_id, self.policy, offset)
+        new, changes = core.apply(old, event, person_id, self.policy, offset, source)
         self.store[key] = new
         self.schedule(key, new)
         out.written.append(key)

@@ -43,6 +43,7 @@ DUE_NEVER = -1  # nothing will change on time alone
 OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
 PendingRefund = tuple[str, int]  # (order_id, amount_minor)
 LayerValue = tuple[str, str]  # (layer, level)
+Source = tuple[int, int]  # (events partition, offset) an event was forwarded from
 _T = TypeVar("_T")
 
 
@@ -152,6 +153,11 @@ class PersonState:
     recent_event_ids: tuple[str, ...] = ()  # for dropping duplicate deliveries
     agg: Aggregates = Aggregates()
     derived: Derived = Derived()
+    # With identity resolution: (events partition, offset of the last event applied from
+    # it), sorted by partition. Events reach the state forwarded by the resolver, which
+    # forwards again what it had not committed when a worker died; a copy is recognised
+    # by its origin here (`is_forwarded_again`), whatever the person's recent ids hold.
+    source_offsets: tuple[tuple[int, int], ...] = ()
     # Cache of `next_due` (a pure function of agg, as_of and the policy), filled in when
     # the state is derived; not part of the state's value, never serialized.
     due: int = field(default=DUE_UNKNOWN, compare=False)
@@ -578,10 +584,10 @@ def _changes(
 def _recompute(
     s: PersonState, agg: Aggregates, brand: str, person_id: str, cause: str, at: int,
     policy: Policy, last_offset: int | None = None, recent: tuple[str, ...] | None = None,
-    same_policy: bool = True,
+    same_policy: bool = True, sources: tuple[Source, ...] | None = None,
 ) -> tuple[PersonState, list[SegmentChange]]:  # fmt: skip
     """Re-derive after `agg` changed or time passed, as one new state (and the changes);
-    `last_offset` / `recent` replace the bookkeeping when given.
+    `last_offset` / `recent` / `sources` replace the bookkeeping when given.
 
     Most events leave the purchases alone (chats, shares, joins). Until the state's due
     time, time alone changes nothing either, so RFM, the lifecycle and the due time of
@@ -615,6 +621,7 @@ def _recompute(
         s.recent_event_ids if recent is None else recent,
         agg,
         derived,
+        s.source_offsets if sources is None else sources,
         due,
     )
     return new, changes
@@ -656,18 +663,40 @@ def is_duplicate(state: PersonState | None, event: Touchpoint) -> bool:
     return state is not None and event.event_id in state.recent_event_ids
 
 
+def is_forwarded_again(state: PersonState | None, source: Source | None) -> bool:
+    """Whether an event from `source` is one whose original this state already applied
+    (the offset is at or below the last applied from that partition)."""
+    if state is None or source is None:
+        return False
+    partition, offset = source
+    return any(p == partition and offset <= last for p, last in state.source_offsets)
+
+
+def _with_source(offsets: tuple[Source, ...], source: Source | None) -> tuple[Source, ...]:
+    if source is None:
+        return offsets
+    last = dict(offsets)
+    partition, offset = source
+    if last.get(partition, -1) >= offset:
+        return offsets
+    last[partition] = offset
+    return tuple(sorted(last.items()))
+
+
 def apply(
     state: PersonState | None,
     event: Touchpoint,
     person_id: str,
     policy: Policy,
     offset: int = -1,
+    source: Source | None = None,
 ) -> tuple[PersonState, list[SegmentChange]]:
     """Apply one event: first the due times before it, then the event itself.
 
-    A duplicate (an event id among the person's recent ones) changes nothing.
+    A duplicate (an event id among the person's recent ones) changes nothing, nor does an
+    event forwarded again from a `source` already applied (`is_forwarded_again`).
     """
-    if state is not None and is_duplicate(state, event):
+    if state is not None and (is_duplicate(state, event) or is_forwarded_again(state, source)):
         return state, []
     t = event.occurred_at
     if state is None:
@@ -676,9 +705,11 @@ def apply(
     a = _EFFECTS.get(event.type, _on_other)(state.agg, event)
     recent = (*state.recent_event_ids, event.event_id)[-policy.dedup_window :]
     last_offset = state.last_offset if state.last_offset > offset else offset
+    sources = _with_source(state.source_offsets, source)
     state, more = _recompute(
-        state, a, event.brand, person_id, event.event_id, t, policy, last_offset, recent
-    )
+        state, a, event.brand, person_id, event.event_id, t, policy, last_offset, recent,
+        sources=sources,
+    )  # fmt: skip
     if changes:
         changes += more
         return state, changes
@@ -821,6 +852,9 @@ def merge(
     # the merge's own id last, so a repeated merge of the same person is recognised
     recent = (*state.recent_event_ids, *absorbed.recent_event_ids, cause)
     recent = recent[-policy.dedup_window :]
+    sources = state.source_offsets
+    for source in absorbed.source_offsets:  # both persons' events were forwarded
+        sources = _with_source(sources, source)
     identity = SegmentChange(
         brand=brand,
         person_id=survivor_id,
@@ -835,4 +869,5 @@ def merge(
         scores_after=state.derived.scores,
         policy_version=policy.version,
     )
-    return replace(state, seq=state.seq + 1, recent_event_ids=recent), [*changes, identity]
+    merged = replace(state, seq=state.seq + 1, recent_event_ids=recent, source_offsets=sources)
+    return merged, [*changes, identity]

@@ -1,8 +1,9 @@
 """Fault tests: each test gets its own Tansu broker (a test may stop it with SIGSTOP) and
 its own topics, consumer groups and ClickHouse database on the session's chDB engine.
 
-Workers run without identity resolution (see harness: the reference must be exact) and
-with a short group session, so a killed worker's partitions move on within seconds.
+Workers run with a short group session, so a killed worker's partitions move on within
+seconds, and without identity resolution unless a test asks for it (parametrize
+`fault_settings` indirectly with True): the harness explains what its reference covers.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 
 @pytest.fixture
-async def fault_settings(tmp_path: Path, own_broker: EmbeddedBroker, chdb_dsn: str) -> Settings:
+async def fault_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, own_broker: EmbeddedBroker, chdb_dsn: str
+) -> Settings:
     s = isolated_settings(
         own_broker.bootstrap,
         chdb_dsn,
         tmp_path / "var",
         partitions=4,
-        identity_resolution=False,
+        identity_resolution=getattr(request, "param", False),
         worker_session_timeout_seconds=6,
     )
     await ensure_topics(s.kafka_bootstrap, s)

@@ -1,10 +1,15 @@
 """The fault suite's harness: a workload, its reference, a real run, and the comparison.
 
-The reference is the pure engine over the events topic *as stored* — partition by
-partition, in offset order — which is what one clean worker computes: a person's changes
-depend only on their own events in partition order (docs/segmentation.md). The workload
-has no referral credits and runs without identity resolution, the two paths where work
-crosses partitions at moments no replay can reproduce (docs/reliability.md).
+The reference is the pure engine over the segmentation stage's input topic *as stored* —
+partition by partition, in offset order — which is what one clean worker computes: a
+person's changes depend only on their own events in partition order
+(docs/segmentation.md). That input is the events topic, or with identity resolution the
+resolved topic (each event forwarded by the resolver, keyed and headed with its person);
+then the stage before it is checked on its own: every good event forwarded, none
+invented, and no event applied twice (a copy forwarded again after a kill must be dropped
+as a duplicate). The workload has no referral credits and, with identity resolution, no
+identity links: those are the paths where work crosses partitions at moments no replay
+can reproduce (merges, credits; docs/reliability.md).
 
 A run is compared with the reference on:
 - segment changes, keyed (brand, person_id, seq): every reference key present, no other
@@ -26,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.identity import PERSON, header, source_of
 from pipeline import state as core
 from pipeline.codec import Codecs
 from pipeline.demo import topic_ends, wait_caught_up
@@ -43,10 +49,16 @@ ChangeKey = tuple[str, str, int]  # (brand, person_id, seq)
 CODECS = Codecs()
 
 
-def workload(n: int, seed: int = 11, span_days: int = 500) -> list[Touchpoint]:
+def workload(n: int, seed: int = 11, span_days: int = 500, links: bool = True) -> list[Touchpoint]:
     """`n` events of synthetic traffic spread evenly over `span_days` days up to now, so
-    time moves customers (at risk, dormant ...) as well as events do."""
-    gen = TrafficGenerator(PII_KEY.encode(), seed=seed, referrals=False)
+    time moves customers (at risk, dormant ...) as well as events do. `links=False`: no
+    customer turns up on a second channel (no identify events, so no merges)."""
+    gen = TrafficGenerator(
+        PII_KEY.encode(),
+        seed=seed,
+        referrals=False,
+        second_channel_share=0.01 if links else 0.0,
+    )
     start = int(time.time() * 1000) - span_days * MS_PER_DAY
     step = span_days * MS_PER_DAY // n
     return [gen.next_event(start + i * step) for i in range(n)]
@@ -119,6 +131,7 @@ class Outcome:
     )
     states: dict[bytes, core.PersonState] = field(default_factory=dict)
     event_ids: set[str] = field(default_factory=set)  # the good events (reference only)
+    applied: int = 0  # events applied, not dropped as duplicates (reference only)
 
     @property
     def duplicates(self) -> int:
@@ -143,7 +156,11 @@ def reference(records: list[Any], settings: Settings) -> Outcome:
             engine = engines[m.partition] = PartitionEngine(
                 policy, states, settings.allowed_lateness_ms
             )
-        for c in engine.on_event(event, person_id_for(event.user), m.offset).changes:
+        # As the segmentation agent has it: the resolver's person, else the event's own.
+        person_id = header(m, PERSON) or person_id_for(event.user)
+        result = engine.on_event(event, person_id, m.offset, source=source_of(m))
+        out.applied += not (result.duplicate or result.redelivered)
+        for c in result.changes:
             out.changes[(c.brand, c.person_id, c.seq)].append(c)
     out.states = states
     return out
@@ -184,18 +201,24 @@ def differences(ref: Outcome, got: Outcome, limit: int = 15) -> list[str]:
 
 
 async def wait_processed(settings: Settings, workers: list[Worker], timeout: float) -> None:
-    """Until the workers' group has committed the whole events topic (a worker that died
-    fails this at once, with its log)."""
-    ends = await topic_ends(settings.kafka_bootstrap, [settings.events_topic])
+    """Until the workers' group has committed the whole events topic, and then what its
+    first stage forwarded (identity resolution) (a worker that died fails this at once,
+    with its log)."""
+    deadline = time.monotonic() + timeout
 
     def alive() -> None:
         if not any(w.alive() for w in workers):
             raise AssertionError("every worker died:\n" + workers[-1].log_tail())
 
-    done = await wait_caught_up(
-        settings.kafka_bootstrap, settings.app_id, ends, time.monotonic() + timeout, alive
-    )
-    assert done, f"not processed within {timeout}s:\n" + workers[-1].log_tail()
+    stages = [[settings.events_topic]]
+    if settings.identity_resolution:
+        stages.append([settings.resolved_topic, settings.links_topic])
+    for topics in stages:
+        ends = await topic_ends(settings.kafka_bootstrap, topics)
+        done = await wait_caught_up(
+            settings.kafka_bootstrap, settings.app_id, ends, deadline, alive
+        )
+        assert done, f"{topics} not processed within {timeout}s:\n" + workers[-1].log_tail()
 
 
 async def committed(settings: Settings) -> int:
@@ -290,6 +313,7 @@ def reference_of(events: list[Touchpoint], settings: Settings) -> Outcome:
     class Record:
         def __init__(self, partition: int, offset: int, value: bytes) -> None:
             self.partition, self.offset, self.value = partition, offset, value
+            self.headers = ()
 
     offsets: dict[int, int] = defaultdict(int)
     records = []

@@ -15,7 +15,7 @@ import pytest
 from pipeline.settings import Settings
 from sinks.writer import ClickHouseSink
 from tests.faults import harness as h
-from tests.integration.helpers import async_wait_until
+from tests.integration.helpers import Worker, async_wait_until
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,10 @@ SIZES = [
 ]
 
 
-@pytest.mark.parametrize("size", SIZES)
-async def test_kill_9_at_random_points_loses_and_changes_nothing(
-    fault_settings: Settings, fault_sink: ClickHouseSink, fleet: h.Fleet, size: Size
-) -> None:
-    s = fault_settings
-    await h.publish(s, h.encoded(h.workload(size.events)))
+async def kill_at_random_points(s: Settings, fleet: h.Fleet, size: Size) -> list[Worker]:
+    """Start a worker, kill -9 it `size.kills` times at random shares of the events topic
+    committed (increasing), each time starting another; returns them all."""
     rng = random.Random(size.events)
-    # Kill points: random shares of the topic committed, one per kill, increasing.
     points = sorted(rng.uniform(0.1, 0.9) for _ in range(size.kills))
     workers = [fleet.start(s, "worker-0")]
     for i, share in enumerate(points):
@@ -53,11 +49,53 @@ async def test_kill_9_at_random_points_loses_and_changes_nothing(
         assert workers[-1].stop(signal.SIGKILL) == -signal.SIGKILL
         workers.append(fleet.start(s, f"worker-{i + 1}"))
     await h.wait_processed(s, workers, size.timeout)
+    return workers
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_kill_9_at_random_points_loses_and_changes_nothing(
+    fault_settings: Settings, fault_sink: ClickHouseSink, fleet: h.Fleet, size: Size
+) -> None:
+    s = fault_settings
+    await h.publish(s, h.encoded(h.workload(size.events)))
+    workers = await kill_at_random_points(s, fleet, size)
 
     ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
     got = await h.collect(s)
     assert ref.changes, "the workload moved nobody: the comparison would prove nothing"
     print(f"{len(ref.changes)} changes, {len(ref.states)} states, {got.duplicates} repeats")
+    assert h.differences(ref, got) == []
+    assert await h.store_differences(fault_sink, s, ref, size.timeout) == []
+    for w in workers:
+        w.stop()
+
+
+@pytest.mark.parametrize("fault_settings", [pytest.param(True, id="resolving")], indirect=True)
+@pytest.mark.parametrize("size", SIZES)
+async def test_kill_9_with_identity_resolution_loses_and_changes_nothing(
+    fault_settings: Settings, fault_sink: ClickHouseSink, fleet: h.Fleet, size: Size
+) -> None:
+    """The default configuration: a resolver stage forwards every event to the resolved
+    topic, keyed by its person, and the segmentation stage reads that. Killed workers
+    forward again what their resolver had not committed; each copy must be dropped."""
+    s = fault_settings
+    assert s.identity_resolution
+    await h.publish(s, h.encoded(h.workload(size.events, links=False)))
+    workers = await kill_at_random_points(s, fleet, size)
+
+    forwarded = await h.read_all(s.kafka_bootstrap, s.resolved_topic)
+    ref = h.reference(forwarded, s)
+    events = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
+    assert ref.changes, "the workload moved nobody: the comparison would prove nothing"
+    print(
+        f"{len(forwarded)} forwarded for {len(events.event_ids)} events, "
+        f"{ref.applied} applied, {len(ref.changes)} changes"
+    )
+    # The resolver: every good event forwarded, nothing else.
+    assert ref.event_ids == events.event_ids
+    # Forwarded again after a kill, an event is still applied once.
+    assert ref.applied == len(ref.event_ids)
+    got = await h.collect(s)
     assert h.differences(ref, got) == []
     assert await h.store_differences(fault_sink, s, ref, size.timeout) == []
     for w in workers:

@@ -114,6 +114,7 @@ STATES = [
         last_offset=2**40,
         as_of=AT + 5,
         recent_event_ids=("b1", "b2"),
+        source_offsets=((0, 17), (3, 2**40)),
         agg=Aggregates(
             first_seen=AT - 10**9,
             last_seen=AT,
@@ -174,10 +175,11 @@ def test_registry_ids_are_the_permanent_ones() -> None:
     subjects = (EVENTS_SUBJECT, CHANGES_SUBJECT, STATE_SUBJECT)
     assert [_registry_id(s, 1) for s in subjects] == [1, 2, 3]
     assert [_registry_id(s, 2) for s in subjects[1:]] == [4, 5]
+    assert _registry_id(STATE_SUBJECT, 3) == 6
     assert [Codecs().events.schema_id, Codecs().changes.schema_id, Codecs().state.schema_id] == [
         1,
         4,
-        5,
+        6,
     ]
 
 
@@ -195,7 +197,7 @@ def test_header_is_magic_zero_then_the_big_endian_schema_id(
 ) -> None:
     data: bytes = encode(codecs)
     assert data[0] == 0
-    latest = max(v for v in (1, 2) if _has_version(subject, v))
+    latest = max(v for v in (1, 2, 3) if _has_version(subject, v))
     assert int.from_bytes(data[1:5], "big") == _registry_id(subject, latest)
 
 
