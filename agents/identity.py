@@ -218,7 +218,10 @@ class Merges:
         target = self.alias(person)
         if target is None:
             return False
-        await send_event(self.routing, target, m.value, source_of(m))
+        # Without its origin: on this detour it may arrive after later events of the same
+        # events partition (the survivor's own), so the origin would wrongly mark it as
+        # applied. The dedup window still recognises a repeat (docs/reliability.md).
+        await send_event(self.routing, target, m.value, None)
         link = {"key": seed_of(tp.user).encode(), "value": target.encode()}
         await self.routing.links.send(**link, force=True)
         return True
