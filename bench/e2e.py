@@ -26,7 +26,7 @@ from bench.inprocess import rss_bytes
 from bench.workload import Workload
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.codec import Codecs
-from pipeline.demo import stop_process, topic_ends, wait_caught_up
+from pipeline.demo import stop_process, topic_ends, wait_caught_up, wait_processed
 from pipeline.settings import Settings
 from sinks.rfm_sql import rfm_scores_query
 from sinks.writer import ClickHouseSink
@@ -158,12 +158,10 @@ async def drained(
 ) -> None:
     """The worker has committed every event up to `ends`, then everything its first stage
     forwarded on the internal topics (identity resolution, referrals): all processed."""
-    bootstrap = settings.kafka_bootstrap
-    await _caught_up(bootstrap, settings.app_id, ends, alive)
-    internal = [settings.referrals_topic]
-    if settings.identity_resolution:
-        internal += [settings.resolved_topic, settings.links_topic]
-    await _caught_up(bootstrap, settings.app_id, await topic_ends(bootstrap, internal), alive)
+    if not await wait_processed(
+        settings.kafka_bootstrap, settings, ends, time.monotonic() + DRAIN_TIMEOUT, alive
+    ):
+        raise TimeoutError(f"benchmark: consumer group {settings.app_id} did not catch up")
 
 
 async def _latency(

@@ -208,6 +208,25 @@ async def wait_caught_up(
         await reader.stop()
 
 
+async def wait_processed(
+    bootstrap: str,
+    settings: Settings,
+    ends: dict[TopicPartition, int],
+    deadline: float,
+    alive: Callable[[], None] = lambda: None,
+) -> bool:
+    """Wait until the workers' group has committed the events up to `ends`, then what the
+    workers sent each other meanwhile (referral credits; with identity resolution,
+    re-keyed events, links and merges): all of it processed (or the deadline)."""
+    if not await wait_caught_up(bootstrap, settings.app_id, ends, deadline, alive):
+        return False
+    internal = [settings.referrals_topic]
+    if settings.identity_resolution:
+        internal += [settings.resolved_topic, settings.links_topic]
+    internal_ends = await topic_ends(bootstrap, internal)
+    return await wait_caught_up(bootstrap, settings.app_id, internal_ends, deadline, alive)
+
+
 async def topic_ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
@@ -305,15 +324,7 @@ async def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         deadline = time.monotonic() + opts.drain_timeout
         alive = lambda: _check_alive(workers, logs)  # noqa: E731
         alive()
-        processed = await wait_caught_up(bootstrap, settings.app_id, progress.ends, deadline, alive)
-        # Records the workers send each other (referral credits; with identity
-        # resolution, re-keyed events, links and merges) are work too.
-        internal = [settings.referrals_topic]
-        if settings.identity_resolution:
-            internal += [settings.resolved_topic, settings.links_topic]
-        processed = processed and await wait_caught_up(
-            bootstrap, settings.app_id, await topic_ends(bootstrap, internal), deadline, alive
-        )
+        processed = await wait_processed(bootstrap, settings, progress.ends, deadline, alive)
         topics = [settings.events_topic, settings.changes_topic, settings.changelog_topic]
         stored = await wait_caught_up(
             bootstrap, settings.sink_group, await topic_ends(bootstrap, topics), deadline

@@ -32,6 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.identity import PERSON, header, source_of
+from pipeline import demo
 from pipeline import state as core
 from pipeline.codec import Codecs
 from pipeline.demo import topic_ends, wait_caught_up
@@ -201,24 +202,18 @@ def differences(ref: Outcome, got: Outcome, limit: int = 15) -> list[str]:
 
 
 async def wait_processed(settings: Settings, workers: list[Worker], timeout: float) -> None:
-    """Until the workers' group has committed the whole events topic, and then what its
-    first stage forwarded (identity resolution) (a worker that died fails this at once,
-    with its log)."""
-    deadline = time.monotonic() + timeout
+    """Until the workers' group has committed the whole events topic, and then what the
+    workers forwarded each other (a worker that died fails this at once, with its log)."""
+    ends = await topic_ends(settings.kafka_bootstrap, [settings.events_topic])
 
     def alive() -> None:
         if not any(w.alive() for w in workers):
             raise AssertionError("every worker died:\n" + workers[-1].log_tail())
 
-    stages = [[settings.events_topic]]
-    if settings.identity_resolution:
-        stages.append([settings.resolved_topic, settings.links_topic])
-    for topics in stages:
-        ends = await topic_ends(settings.kafka_bootstrap, topics)
-        done = await wait_caught_up(
-            settings.kafka_bootstrap, settings.app_id, ends, deadline, alive
-        )
-        assert done, f"{topics} not processed within {timeout}s:\n" + workers[-1].log_tail()
+    done = await demo.wait_processed(
+        settings.kafka_bootstrap, settings, ends, time.monotonic() + timeout, alive
+    )
+    assert done, f"not processed within {timeout}s:\n" + workers[-1].log_tail()
 
 
 async def committed(settings: Settings) -> int:
