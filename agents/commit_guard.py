@@ -30,6 +30,7 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents.consumer_tuning import TunedConsumerThread
+from agents.fast_delivery import FastDeliveryMixin
 from agents.fetch_partitions import dropped_stream_records, fetchable
 
 
@@ -68,8 +69,9 @@ def real_gap(offset_from: int, offset_to: int, delivered_before_seek: int | None
     return range(offset_from, offset_to)
 
 
-class GuardedCommitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka consumer with `real_gap` and `next_commit` deciding commits."""
+class GuardedCommitConsumer(FastDeliveryMixin, faust_aiokafka.Consumer):  # type: ignore[misc]
+    """Faust's aiokafka consumer with `real_gap` and `next_commit` deciding commits (and
+    each fetched message delivered without new tasks when it can be: agents.fast_delivery)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

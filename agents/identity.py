@@ -178,15 +178,38 @@ def register_resolver(
         headers = with_person(m.headers, person)
         await routing.resolved.send(key=person.encode(), value=b"", headers=headers)
 
+    async def on_message(m: Any) -> None:
+        if m.topic == settings.links_topic:
+            await on_link(m)
+        elif m.topic == settings.referrals_topic:
+            await on_referral(m)
+        else:
+            await on_event(m)
+
     async def resolver(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            m = event.message
-            if m.topic == settings.links_topic:
-                await on_link(m)
-            elif m.topic == settings.referrals_topic:
-                await on_referral(m)
-            else:
-                await on_event(m)
+        # In batches, so that a batch's resolved copies leave in a few produce requests:
+        # one message at a time, the producer's sender woke up between messages and sent
+        # a request per copy or two (~0.55 requests per event, ~15 % of the worker's time
+        # in socket writes; docs/benchmarks.md). Each message is still handled alone and
+        # in order, as Faust's current event (its table writes and attached sends).
+        batching = stream.take_events(settings.worker_batch_events, settings.worker_batch_seconds)
+        async for events in batching:
+            # As in the segmentation agent: take_events acknowledges a batch when the next
+            # is taken, or when the stream stops; the extra reference keeps an unfinished
+            # batch unacknowledged.
+            for event in events:
+                event.message.incref()
+            for event in events:
+                m = event.message
+                if m.generation_id != app.consumer_generation_id:
+                    # Taken before a rebalance: read again from the committed offset, as
+                    # Faust's stream does with such a message; never acknowledged here.
+                    m.acked = True
+                    continue
+                with current(event):
+                    await on_message(m)
+            for event in events:
+                event.ack()
 
     inputs = (settings.events_topic, settings.links_topic, settings.referrals_topic)
     app.agent(app.topic(*inputs, **raw), name="identity-resolver")(resolver)

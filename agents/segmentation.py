@@ -132,9 +132,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         async with handover:
             clocks.forget(tp.partition for tp in revoked if tp.topic in source.topics)
 
-    def owned(m: Any) -> bool:
-        return m.tp in app.consumer.assignment()
-
     async def process(m: Any, out: Outcome) -> bool:
         """One message of the source topic into `out` (states go to the held writes);
         False when it was dead-lettered or forwarded instead."""
@@ -217,9 +214,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     async def process_batch(events: Any) -> None:
         batch: list[tuple[Any, Outcome, bool]] = []
         skipped = 0
+        # Read once per batch (it builds a set): the assignment cannot change while the
+        # batch runs, as a revocation first waits for the handover lock held around it.
+        owned = app.consumer.assignment()
         for event in events:
             m = event.message
-            if not owned(m):
+            if m.tp not in owned:
                 # Taken before a rebalance moved its partition away: the new owner reads
                 # it again. Marked acknowledged so no ack of ours reaches the consumer,
                 # which would count it as done should the partition come back here.
