@@ -10,6 +10,7 @@ from agents import lag, lookup, segmentation, web
 from agents.broker_compat import TrueEndConsumer
 from agents.commit_guard import GuardedCommitConsumer
 from agents.recovery_order import SeekFirstTableManager
+from agents.refilling_queue import RefillingQueue
 from pipeline.codec import Codecs
 from pipeline.kafka_security import faust_credentials
 from pipeline.schema_registry import registry_for
@@ -18,7 +19,8 @@ from pipeline.settings import Settings
 
 class TouchflowApp(faust.App):  # type: ignore[misc]
     """faust.App whose consumer commits only what is finished (agents.commit_guard) and can
-    carry broker workarounds (agents.broker_compat)."""
+    carry broker workarounds (agents.broker_compat), and whose stream buffers fill and
+    drain in large steps (agents.refilling_queue)."""
 
     def __init__(
         self,
@@ -35,6 +37,14 @@ class TouchflowApp(faust.App):  # type: ignore[misc]
         transport = super()._new_transport()
         transport.Consumer = TrueEndConsumer if self.tansu_compat else GuardedCommitConsumer
         return transport
+
+    def FlowControlQueue(
+        self, maxsize: int | None = None, *, clear_on_resume: bool = False
+    ) -> RefillingQueue:
+        """Every stream buffer, and the changelog buffer recovery reads: agents.refilling_queue."""
+        return RefillingQueue(
+            maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume
+        )
 
 
 class QuietWorker(faust.Worker):  # type: ignore[misc]
