@@ -27,6 +27,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 
+from agents.batches import finished_batches
 from agents.raw_send import send_raw
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -192,13 +193,10 @@ def register_resolver(
         # a request per copy or two (~0.55 requests per event, ~15 % of the worker's time
         # in socket writes; docs/benchmarks.md). Each message is still handled alone and
         # in order, as Faust's current event (its table writes and attached sends).
-        batching = stream.take_events(settings.worker_batch_events, settings.worker_batch_seconds)
-        async for events in batching:
-            # As in the segmentation agent: take_events acknowledges a batch when the next
-            # is taken, or when the stream stops; the extra reference keeps an unfinished
-            # batch unacknowledged.
-            for event in events:
-                event.message.incref()
+        batches = finished_batches(
+            stream, settings.worker_batch_events, settings.worker_batch_seconds
+        )
+        async for events in batches:
             for event in events:
                 m = event.message
                 if m.generation_id != app.consumer_generation_id:
@@ -208,8 +206,6 @@ def register_resolver(
                     continue
                 with current(event):
                     await on_message(m)
-            for event in events:
-                event.ack()
 
     inputs = (settings.events_topic, settings.links_topic, settings.referrals_topic)
     app.agent(app.topic(*inputs, **raw), name="identity-resolver")(resolver)

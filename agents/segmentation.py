@@ -19,6 +19,7 @@ import faust
 from faust.serializers.codecs import Codec
 
 from agents import identity, thresholds
+from agents.batches import finished_batches
 from agents.partition_clocks import PartitionClocks
 from agents.raw_send import send_raw
 from pipeline import metrics
@@ -199,17 +200,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         batch.clear()
 
     async def segmentation(stream: faust.StreamT) -> None:
-        batching = stream.take_events(settings.worker_batch_events, settings.worker_batch_seconds)
-        async for events in batching:
-            # take_events acknowledges a batch's events when the next is taken — and also
-            # when the stream stops, finished or not. Holding one more reference on each
-            # message until the batch is complete keeps an unfinished batch uncommitted.
-            for event in events:
-                event.message.incref()
+        batches = finished_batches(
+            stream, settings.worker_batch_events, settings.worker_batch_seconds
+        )
+        async for events in batches:  # acknowledged once process_batch has returned
             async with handover:
                 await process_batch(events)
-            for event in events:
-                event.ack()
 
     async def process_batch(events: Any) -> None:
         batch: list[tuple[Any, Outcome, bool]] = []
