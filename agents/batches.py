@@ -1,23 +1,111 @@
-"""A Faust stream in micro-batches, each acknowledged only once its work is done."""
+"""The hot topics in micro-batches of their Kafka messages, read straight from the buffer
+Faust's conductor fills, each batch acknowledged only once its work is done.
+
+Why not Faust's stream (`stream.take_events`): for every message it builds a Faust
+`Event` (running the raw key and value "codecs"), turns the event loop once
+(`sleep(0)`), calls four sensor hooks, sets the current event and runs the take buffer as
+a stream processor: ~10 % of a busy worker's samples, paid twice per event (resolver and
+segmentation; docs/benchmarks.md). touchflow's hot topics carry raw bytes that the agents
+decode themselves, so none of that is needed. What the stream did that matters is kept
+here, once per message: the consumer's tracking of what is in progress (`unacked`, which
+the commit guard reads), the rule that a message fetched before a rebalance is not
+processed, and the acknowledgement after the work is done.
+
+Delivery, flow control, pausing a partition whose buffer is full, and clearing the
+buffers on a rebalance stay Faust's: the conductor puts each message in the buffer of a
+`RawTopic` channel as it would an event.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import faust
+from faust.types import Message
 
-async def finished_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Any]]:
-    """`stream.take_events(size, within)`, each batch acknowledged after the loop body that
-    got it has finished with it.
 
-    take_events acknowledges a batch's events when the next batch is taken, and also when
-    the stream stops, finished or not. One more reference on each message, dropped only
-    when the body is done, keeps an unfinished batch (a crash or a stop mid-batch)
-    unacknowledged, so it is read again. A body that raises never resumes this generator,
-    so its batch is never acknowledged here."""
-    async for events in stream.take_events(size, within):
-        for event in events:
-            event.message.incref()
-        yield events
-        for event in events:
-            event.ack()
+class RawMessages:
+    """Marker key/value type of a RawTopic. Faust's conductor reuses one decoded event for
+    every channel of a partition with the same key and value types; this keeps a plain
+    topic of the same name (the lookup agent's) from being handed a bare message."""
+
+
+async def _itself(message: Message, *, propagate: bool = False) -> Message:
+    return message
+
+
+class RawTopic(faust.Topic):  # type: ignore[misc]
+    """A topic whose consumers receive its `Message`s as they are: no Faust Event, no key
+    or value decoding. Only for reading with `finished_batches`; send through a plain
+    `app.topic` of the same name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("key_type", RawMessages)
+        kwargs.setdefault("value_type", RawMessages)
+        super().__init__(*args, **kwargs)
+
+    def _compile_decode(self) -> None:
+        self.decode = _itself
+
+
+async def finished_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Message]]:
+    """The messages of the agent's `stream` (over a RawTopic) in batches of up to `size`:
+    a batch is handed over once it is full or `within` seconds after its first message
+    (what `stream.take_events(size, within)` did). Each batch is acknowledged after the
+    loop body that got it has finished with it; a body that raises or is cancelled never
+    resumes this generator, so its batch stays unacknowledged and is read again.
+
+    Messages fetched before the latest rebalance (an older consumer generation, or taken
+    while flow is suspended) are left out and marked acknowledged, so no ack of ours
+    reaches the consumer: whoever owns the partition now reads them again from the
+    committed offset."""
+    app = stream.app
+    channel = aiter(stream.channel)  # the iterator channel the conductor delivers to
+    queue = channel.queue
+    consumer = app.consumer
+    unacked = consumer.unacked
+    acking_topics = app.topics.acking_topics
+    try:
+        while True:
+            try:
+                batch = await _fill(queue, size, within)
+            except StopAsyncIteration:  # what Faust throws into its channels on stopping
+                return
+            current = app.consumer_generation_id if app.flow_control.is_active() else None
+            taken: list[Message] = []
+            for message in batch:
+                if message.generation_id != current:
+                    message.acked = True
+                    continue
+                if not message.tracked and message.topic in acking_topics:
+                    message.tracked = True  # what Consumer.track_message does, minus sensors
+                    unacked.add(message)
+                taken.append(message)
+            if not taken:
+                continue
+            yield taken
+            for message in taken:
+                message.ack(consumer)
+    finally:
+        channel.on_stop_iteration()
+
+
+async def _fill(queue: Any, size: int, within: float) -> list[Message]:
+    """Up to `size` messages: the next one, then whatever comes within `within` seconds."""
+    batch = [await queue.get()]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while len(batch) < size:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except TimeoutError:
+            break
+    return batch

@@ -27,7 +27,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 
-from agents.batches import finished_batches
+from agents.batches import RawTopic, finished_batches
 from agents.raw_send import send_raw
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -48,9 +48,12 @@ SOURCE = "touchflow.source"
 
 
 @contextmanager
-def current(event: Any) -> Iterator[None]:
-    """Make `event` Faust's current event: a table write takes its changelog partition
-    from it (inside a `take_events` batch the current one is not the one handled)."""
+def current(app: faust.App, message: Any) -> Iterator[None]:
+    """Make `message` Faust's current event: a table write takes its changelog partition
+    from it, and a send without `force` is published when its offset is committed. The
+    agents read messages without Faust events (agents.batches), so one is made here, for
+    the few messages that write a table or send that way."""
+    event = app.create_event(message.key, message.value, message.headers, message)
     token = _current_event.set(weakref.ref(event))
     try:
         yield
@@ -170,8 +173,9 @@ def register_resolver(
         seed = seed_of(tp.user)
         person = person_of(seed)
         if isinstance(tp.payload, Identify):
-            for linked in {seed_of(u) for u in tp.payload.identities} - {seed}:
-                await routing.links.send(key=linked.encode(), value=person.encode())
+            with current(app, m):  # the links leave when this event's offset is committed
+                for linked in {seed_of(u) for u in tp.payload.identities} - {seed}:
+                    await routing.links.send(key=linked.encode(), value=person.encode())
         await send_event(routing, person, m.value, (m.partition, m.offset))
 
     async def on_referral(m: Any) -> None:
@@ -181,9 +185,11 @@ def register_resolver(
 
     async def on_message(m: Any) -> None:
         if m.topic == settings.links_topic:
-            await on_link(m)
+            with current(app, m):  # its table write goes to this partition's changelog
+                await on_link(m)
         elif m.topic == settings.referrals_topic:
-            await on_referral(m)
+            with current(app, m):  # the credit leaves when this offset is committed
+                await on_referral(m)
         else:
             await on_event(m)
 
@@ -192,23 +198,21 @@ def register_resolver(
         # one message at a time, the producer's sender woke up between messages and sent
         # a request per copy or two (~0.55 requests per event, ~15 % of the worker's time
         # in socket writes; docs/benchmarks.md). Each message is still handled alone and
-        # in order, as Faust's current event (its table writes and attached sends).
+        # in order.
         batches = finished_batches(
             stream, settings.worker_batch_events, settings.worker_batch_seconds
         )
-        async for events in batches:
-            for event in events:
-                m = event.message
+        async for messages in batches:
+            for m in messages:
                 if m.generation_id != app.consumer_generation_id:
-                    # Taken before a rebalance: read again from the committed offset, as
-                    # Faust's stream does with such a message; never acknowledged here.
+                    # A rebalance happened during this batch: read again from the
+                    # committed offset; never acknowledged here (agents.batches).
                     m.acked = True
                     continue
-                with current(event):
-                    await on_message(m)
+                await on_message(m)
 
     inputs = (settings.events_topic, settings.links_topic, settings.referrals_topic)
-    app.agent(app.topic(*inputs, **raw), name="identity-resolver")(resolver)
+    app.agent(RawTopic(app, topics=inputs, **raw), name="identity-resolver")(resolver)
 
 
 class Merges:

@@ -19,7 +19,7 @@ import faust
 from faust.serializers.codecs import Codec
 
 from agents import identity, thresholds
-from agents.batches import finished_batches
+from agents.batches import RawTopic, finished_batches
 from agents.partition_clocks import PartitionClocks
 from agents.raw_send import send_raw
 from pipeline import metrics
@@ -115,12 +115,13 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     internal = {settings.referrals_topic, settings.resolved_topic}  # never the events topic
     merges: identity.Merges | None = None
     # Events and the referral credits for people of the same partition, co-partitioned.
-    source = app.topic(settings.events_topic, settings.referrals_topic, **raw)
+    inputs = (settings.events_topic, settings.referrals_topic)
     if settings.identity_resolution:
         routing = identity.declare(app, settings)
         identity.register_resolver(app, settings, codecs, routing, dead_letter)
         merges = identity.Merges(routing, seg.table, codecs, policy, lambda: drain())
-        source = routing.resolved
+        inputs = (settings.resolved_topic,)
+    source = RawTopic(app, topics=inputs, **raw)  # read in batches of messages
 
     # A batch is completed (changes sent, states written) or not at all while partitions
     # are handed over: the revoke handler waits for a batch in progress, then drops the
@@ -203,18 +204,17 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         batches = finished_batches(
             stream, settings.worker_batch_events, settings.worker_batch_seconds
         )
-        async for events in batches:  # acknowledged once process_batch has returned
+        async for messages in batches:  # acknowledged once process_batch has returned
             async with handover:
-                await process_batch(events)
+                await process_batch(messages)
 
-    async def process_batch(events: Any) -> None:
+    async def process_batch(messages: list[Any]) -> None:
         batch: list[tuple[Any, Outcome, bool]] = []
         skipped = 0
         # Read once per batch (it builds a set): the assignment cannot change while the
         # batch runs, as a revocation first waits for the handover lock held around it.
         owned = app.consumer.assignment()
-        for event in events:
-            m = event.message
+        for m in messages:
             if m.tp not in owned:
                 # Taken before a rebalance moved its partition away: the new owner reads
                 # it again. Marked acknowledged so no ack of ours reaches the consumer,
@@ -224,7 +224,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 continue
             if merges is not None and identity.header(m, identity.KIND) == identity.MERGE:
                 await complete(batch)  # a merge reads and moves stored states
-                with identity.current(event):
+                with identity.current(app, m):
                     await merges.on_merge(m)
                 continue
             out = Outcome()

@@ -91,8 +91,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         web_in_thread=False,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.worker_session_timeout_seconds,
-        # The segmentation agent takes events in batches (stream.take_events), which
-        # leaves the last batch unacknowledged when the stream stops; waiting for it would
+        # The agents take messages in batches (agents.batches), which leaves the last
+        # batch unacknowledged when an agent stops; waiting for it would
         # hang a SIGTERM. Safe without: what is not acknowledged is processed again, and
         # the agent finishes or drops a batch before a partition is handed over.
         stream_wait_empty=False,

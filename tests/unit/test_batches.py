@@ -1,74 +1,189 @@
-"""Micro-batches acknowledged only once finished (agents.batches), on a real Faust stream
-over an in-memory channel; the worker and kill -9 tests run both agents on it."""
+"""Micro-batches of raw messages (agents.batches), delivered by Faust's real conductor, as
+the worker's consumer hands it each fetched record; the worker and kill -9 tests run both
+agents on them over a broker."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
 import pytest
+from faust.transport import conductor as faust_conductor
+from faust.transport.consumer import ConsumerMessage
+from faust.types import TP
 
-from agents.batches import finished_batches
+from agents.batches import RawTopic, finished_batches
 
-
-class TopicLikeChannel(faust.Channel):  # type: ignore[misc]
-    """A channel whose messages hold one reference per stream, as Faust's conductor gives
-    a topic's messages (a channel's own start at none)."""
-
-    async def put(self, value: Any) -> None:
-        value.message.incref()
-        await super().put(value)
+TOPIC = "hot"
+TP0 = TP(TOPIC, 0)
+RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 
 
-async def stream_of(n: int) -> Any:
-    app = faust.App("test-batches", broker="kafka://localhost:1", store="memory://")
-    app.flow_control.resume()
-    channel = TopicLikeChannel(app)
-    stream = channel.stream()
-    for i in range(n):
-        await channel.send(value=i)
-    return stream
+class Harness:
+    """An app whose conductor is subscribed to TOPIC, partition 0, with no broker: what the
+    consumer does with each fetched record is done by `deliver`."""
+
+    def __init__(self) -> None:
+        self.app = faust.App("test-batches", broker="kafka://localhost:1", store="memory://")
+        self.app.flow_control.resume()
+        self.stream = self.app.stream(RawTopic(self.app, topics=[TOPIC], **RAW))
+        self.offset = 0
+
+    async def subscribe(self) -> None:
+        """After every reader has registered its channel, as the worker's subscription does."""
+        await asyncio.sleep(0)
+        conductor = self.app.topics
+        conductor._update_tp_index({TP0})
+        await conductor._update_indices()
+        self.app.consumer._committed_offset[TP0] = None
+
+    async def deliver(self, n: int, generation: int | None = None) -> list[ConsumerMessage]:
+        gen = self.app.consumer_generation_id if generation is None else generation
+        sent = []
+        for _ in range(n):
+            m = ConsumerMessage(
+                TOPIC, 0, self.offset, 0.0, 0, [], b"k", b"v%d" % self.offset, None,
+                generation_id=gen,
+            )  # fmt: skip
+            self.offset += 1
+            await self.app.topics.on_message(m)
+            sent.append(m)
+        return sent
+
+    def acked_offsets(self) -> list[int]:
+        return sorted(self.app.consumer._acked[TP0])
 
 
-def acked(events: list[Any]) -> list[bool]:
-    return [e.message.acked for e in events]
+async def started(h: Harness, size: int, within: float) -> AsyncIterator[list[Any]]:
+    batches = finished_batches(h.stream, size, within)
+    first = asyncio.ensure_future(batches.__anext__())  # registers its channel
+    await h.subscribe()
+
+    async def rest() -> AsyncIterator[list[Any]]:
+        yield await first
+        async for batch in batches:
+            yield batch
+
+    return rest()
 
 
-async def crash_in_second_batch(stream: Any, batches: AsyncIterator[list[Any]]) -> list[Any]:
-    taken: list[Any] = []
+def offsets(batch: list[Any]) -> list[int]:
+    return [m.offset for m in batch]
+
+
+async def test_the_conductor_hands_the_messages_themselves_over_in_batches_in_order() -> None:
+    h = Harness()
+    batches = await started(h, 3, 5.0)
+    sent = await h.deliver(7)
+    got = [await batches.__anext__(), await batches.__anext__()]
+    assert [offsets(b) for b in got] == [[0, 1, 2], [3, 4, 5]]
+    assert got[0][0] is sent[0]  # the Kafka message, no Faust event around it
+    assert got[0][0].value == b"v0"
+
+
+@pytest.mark.parametrize("handler", ["cython", "python"])
+async def test_a_plain_topic_of_the_same_name_still_gets_faust_events(
+    handler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup agent reads the resolved topic through Faust's own stream. Faust's
+    pure-Python delivery (used where its compiled one is not built) hands one decoded
+    event to every channel of the same key and value types."""
+    if handler == "python":
+        monkeypatch.setattr(faust_conductor, "ConductorHandler", None)
+    h = Harness()
+    plain = h.app.stream(h.app.topic(TOPIC, **RAW))
+    plain_events = plain.events().__aiter__()
+    first_plain = asyncio.ensure_future(plain_events.__anext__())
+    batches = await started(h, 2, 5.0)
+    sent = await h.deliver(2)
+    assert (await asyncio.wait_for(batches.__anext__(), 5))[0] is sent[0]
+    event = await asyncio.wait_for(first_plain, 5)
+    assert isinstance(event, faust.Event) and event.message is sent[0]
+
+
+async def test_a_batch_is_tracked_and_acknowledged_only_once_its_body_is_done() -> None:
+    h = Harness()
+    batches = await started(h, 2, 5.0)
+    sent = await h.deliver(6)
+    first = await batches.__anext__()
+    assert set(first) <= h.app.consumer.unacked  # in progress: the commit guard sees it
+    assert h.acked_offsets() == []
+    second = await batches.__anext__()  # the body of the first is done
+    assert h.acked_offsets() == [0, 1]
+    assert not set(first) & set(h.app.consumer.unacked)
+    assert [m.acked for m in second] == [False, False]
+    await batches.__anext__()
+    assert h.acked_offsets() == [0, 1, 2, 3]
+    assert [m.acked for m in sent] == [True] * 4 + [False] * 2
+
+
+async def test_a_batch_whose_body_fails_is_never_acknowledged() -> None:
+    h = Harness()
+    batches = await started(h, 2, 5.0)
+    await h.deliver(5)
+    taken = []
     with pytest.raises(RuntimeError):
-        async for events in batches:
-            taken.append(events)
+        async for batch in batches:
+            taken.append(batch)
             if len(taken) == 2:
                 raise RuntimeError("crash mid-batch")
-    await stream.stop()
-    return taken
+    await batches.aclose()
+    assert h.acked_offsets() == [0, 1]
+    assert [m.acked for m in taken[1]] == [False, False]  # read again after a restart
+    assert set(taken[1]) <= h.app.consumer.unacked  # and the commit stops before it
 
 
-async def test_a_batch_is_acknowledged_once_its_body_is_done() -> None:
-    stream = await stream_of(6)
-    taken: list[Any] = []
-    async for events in finished_batches(stream, 2, 1.0):
-        assert [e.value for e in events] == [2 * len(taken), 2 * len(taken) + 1]
-        assert acked(events) == [False, False]  # in the body: not yet
-        for earlier in taken:
-            assert acked(earlier) == [True, True]
-        taken.append(events)
-        if len(taken) == 3:
-            break
-    await stream.stop()
+async def test_a_partial_batch_is_handed_over_after_the_wait() -> None:
+    h = Harness()
+    batches = await started(h, 100, 0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await h.deliver(3)
+    batch = await asyncio.wait_for(batches.__anext__(), 5)
+    assert offsets(batch) == [0, 1, 2]
+    assert loop.time() - start >= 0.19
 
 
-async def test_a_batch_whose_body_fails_stays_unacknowledged_after_the_stream_stops() -> None:
-    stream = await stream_of(5)
-    first, second = await crash_in_second_batch(stream, finished_batches(stream, 2, 1.0))
-    assert acked(first) == [True, True]
-    assert acked(second) == [False, False]  # read again after a restart
+async def test_messages_fetched_before_a_rebalance_are_left_out_and_never_acknowledged() -> None:
+    h = Harness()
+    batches = await started(h, 10, 0.05)
+    stale = await h.deliver(2, generation=h.app.consumer_generation_id - 1)
+    fresh = await h.deliver(2)
+    batch = await batches.__anext__()
+    assert batch == fresh
+    assert all(m.acked for m in stale) and not set(stale) & set(h.app.consumer.unacked)
+    await h.deliver(1)
+    await batches.__anext__()
+    assert h.acked_offsets() == [2, 3]  # the stale ones are not counted as done
 
 
-async def test_plain_take_events_would_acknowledge_it() -> None:
-    """Why the helper exists: Faust acknowledges the taken batch when the stream stops."""
-    stream = await stream_of(5)
-    _, second = await crash_in_second_batch(stream, stream.take_events(2, 1.0))
-    assert acked(second) == [True, True]
+async def test_nothing_is_taken_while_flow_is_suspended() -> None:
+    """A rebalance suspends flow and clears the buffers; what is taken meanwhile is stale."""
+    h = Harness()
+    batches = await started(h, 10, 0.05)
+    sent = await h.deliver(2)
+    h.app.flow_control.suspend()
+    pending = asyncio.ensure_future(batches.__anext__())
+    await asyncio.sleep(0.2)
+    assert not pending.done()
+    assert all(m.acked for m in sent) and h.acked_offsets() == []
+    pending.cancel()
+
+
+async def test_batches_end_when_faust_stops_the_channel() -> None:
+    """On shutdown Faust throws StopAsyncIteration into every channel: the agent's loop
+    ends instead of crashing, and the batch being gathered is left unacknowledged."""
+    h = Harness()
+    batches = await started(h, 2, 5.0)
+    sent = await h.deliver(3)
+    await batches.__anext__()
+    gathering = asyncio.ensure_future(batches.__anext__())  # has offset 2, waits for more
+    await asyncio.sleep(0.05)
+    (channel,) = [c for c in h.app.topics if isinstance(c, RawTopic)]
+    await channel.throw(StopAsyncIteration())
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(gathering, 5)
+    assert h.acked_offsets() == [0, 1]
+    assert not sent[2].acked
