@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from agents.write_behind import WriteBehind
+from agents.write_behind import Changelog, WriteBehind
 from pipeline import state as core
 from pipeline.engine import Outcome, PartitionEngine
 from pipeline.rfm import RfmPolicy
@@ -26,9 +26,12 @@ class PartitionClocks:
     forgotten; if they come back, their engine is rebuilt from the recovered table.
     """
 
-    def __init__(self, policy: core.Policy, table: Any, allowed_lateness_ms: int) -> None:
+    def __init__(
+        self, policy: core.Policy, table: Any, allowed_lateness_ms: int, changelog: Changelog
+    ) -> None:
         self._policy = policy
         self._table = table
+        self._changelog = changelog
         self._lateness = allowed_lateness_ms
         self._engines: dict[int, PartitionEngine] = {}
         self._partition_of: dict[bytes, int] = {}  # keys written here, by partition
@@ -37,7 +40,7 @@ class PartitionClocks:
     def engine(self, partition: int) -> PartitionEngine:
         engine = self._engines.get(partition)
         if engine is None:
-            store = WriteBehind(self._table, partition)
+            store = WriteBehind(self._table, partition, self._changelog)
             engine = PartitionEngine(self._policy, store, self._lateness)
             self._index(partition, engine)
             self._engines[partition] = engine
@@ -58,11 +61,11 @@ class PartitionClocks:
         for key in outcome.written:
             self._partition_of[key] = partition
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Write every engine's held states to the table (see agents.write_behind)."""
-        for engine in self._engines.values():
+        for engine in list(self._engines.values()):
             assert isinstance(engine.store, WriteBehind)
-            engine.store.flush()
+            await engine.store.flush()
 
     def forget(self, partitions: Iterable[int]) -> None:
         for p in partitions:

@@ -3,8 +3,9 @@
 Why: `faust.Topic.send` wraps every record in a FutureMessage and a PendingMessage, runs
 the sensors, formats a debug line and goes through Faust's producer before reaching
 aiokafka — about half the cost of a send in the worker's profile (docs/benchmarks.md).
-The hot sends (each event's resolved copy, each segment change, each referral credit)
-carry bytes with no Faust schema, so they skip that layer.
+The hot sends (each event's resolved copy, each segment change, each referral credit,
+each state written to the changelog) carry bytes with no Faust schema, so they skip that
+layer.
 
 Nothing changes for delivery: the records go to the same aiokafka producer, so Faust's
 `producer.flush()` (called by the agents before a batch is acknowledged, and by the
@@ -24,13 +25,19 @@ Headers = list[tuple[str, bytes]]
 
 
 async def send_raw(
-    app: Any, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    app: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None = None,
+    partition: int | None = None,
 ) -> asyncio.Future[Any]:
-    """Queue one record on the producer; returns the future of its delivery."""
+    """Queue one record on the producer (on `partition`, or the key's); returns the future
+    of its delivery."""
     producer = app.producer._ensure_producer()  # the running AIOKafkaProducer
     try:
         future: asyncio.Future[Any] = await producer.send(
-            topic, value, key=key, headers=headers or None
+            topic, value, key=key, headers=headers or None, partition=partition
         )
     except KafkaError as exc:  # as Faust's producer reports it
         raise ProducerSendError(f"Error while sending: {exc!r}") from exc

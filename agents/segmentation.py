@@ -94,7 +94,13 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     )
     policy = settings.policy()
     limits = settings.limits()
-    clocks = PartitionClocks(policy, table, settings.allowed_lateness_ms)
+
+    async def changelog(partition: int, key: bytes, state: Any) -> None:
+        value = None if state is None else codecs.encode_state(state)
+        topic = table.changelog_topic.get_topic_name()
+        await send_raw(app, topic, key, value, partition=partition)
+
+    clocks = PartitionClocks(policy, table, settings.allowed_lateness_ms, changelog)
     seg = Segmentation(
         dlq=app.topic(settings.dlq_topic, **raw),
         table=table,
@@ -184,7 +190,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 value = codecs.encode_change(change)
                 await send_raw(app, settings.changes_topic, change.person_id.encode(), value)
         await drain()
-        clocks.flush()
+        await clocks.flush()
         await drain()
         for m, out, processed in batch:
             for change in out.changes:  # a message not processed may carry a reassessment's

@@ -9,6 +9,7 @@ import faust
 from agents import lag, lookup, segmentation, web
 from agents.broker_compat import TrueEndConsumer
 from agents.commit_guard import GuardedCommitConsumer
+from agents.partitioner import CachedPartitioner
 from agents.recovery_order import SeekFirstTableManager
 from agents.refilling_queue import RefillingQueue
 from pipeline.codec import Codecs
@@ -86,6 +87,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_partitioner=CachedPartitioner(),  # aiokafka's choice, hashes kept
         web_port=settings.web_port,
         canonical_url=settings.advertised_web_url(),  # where other workers forward lookups
         web_in_thread=False,
