@@ -19,6 +19,7 @@ buffers on a rebalance stay Faust's: the conductor puts each message in the buff
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,6 +75,7 @@ async def finished_batches(stream: Any, size: int, within: float) -> AsyncIterat
             except StopAsyncIteration:  # what Faust throws into its channels on stopping
                 return
             current = app.consumer_generation_id if app.flow_control.is_active() else None
+            now = time.monotonic()
             taken: list[Message] = []
             for message in batch:
                 if message.generation_id != current:
@@ -82,6 +84,10 @@ async def finished_batches(stream: Any, size: int, within: float) -> AsyncIterat
                 if not message.tracked and message.topic in acking_topics:
                     message.tracked = True  # what Consumer.track_message does, minus sensors
                     unacked.add(message)
+                if message.time_in is None:
+                    # Taken now: Faust's Monitor sensor stamped this on the stream's take;
+                    # the worker's processing-latency metric reads it (pipeline.metrics).
+                    message.time_in = now
                 taken.append(message)
             if not taken:
                 continue

@@ -5,6 +5,7 @@ agents on them over a broker."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,7 +108,10 @@ async def test_a_batch_is_tracked_and_acknowledged_only_once_its_body_is_done() 
     h = Harness()
     batches = await started(h, 2, 5.0)
     sent = await h.deliver(6)
+    before = time.monotonic()
     first = await batches.__anext__()
+    # stamped when taken, on the clock the processing-latency metric measures against
+    assert all(before <= m.time_in <= time.monotonic() for m in first)
     assert set(first) <= h.app.consumer.unacked  # in progress: the commit guard sees it
     assert h.acked_offsets() == []
     second = await batches.__anext__()  # the body of the first is done
