@@ -9,7 +9,9 @@ segmentation; docs/benchmarks.md). touchflow's hot topics carry raw bytes that t
 decode themselves, so none of that is needed. What the stream did that matters is kept
 here, once per message: the consumer's tracking of what is in progress (`unacked`, which
 the commit guard reads), the rule that a message fetched before a rebalance is not
-processed, and the acknowledgement after the work is done.
+processed, the time it was taken (`time_in`, which the processing-latency metric reads),
+and the acknowledgement after the work is done. Faust's Monitor sensor no longer sees
+these messages; touchflow exposes none of its counters.
 
 Delivery, flow control, pausing a partition whose buffer is full, and clearing the
 buffers on a rebalance stay Faust's: the conductor puts each message in the buffer of a
