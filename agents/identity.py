@@ -1,13 +1,16 @@
 """Identity resolution: one customer across channels (when `identity_resolution` is on).
 
-Two stages, both thin around `pipeline.identity.decide_link` and `pipeline.state.merge`:
+Two stages, both thin around `pipeline.identity.decide_link` and `pipeline.state.merge`,
+both run by the segmentation agent (one agent reads all four topics):
 
-1. The *resolver* reads the events topic (keyed by channel identity) and an internal links
-   topic keyed the same way, keeps `identity -> person` in a table, and re-publishes each
-   event to the *resolved* topic keyed by its person. An `identify` event sends a link
+1. The *resolver* (`Resolver`) reads the events topic (keyed by channel identity) and an
+   internal links topic keyed the same way, and keeps `identity -> person` in a table.
+   An event whose person lives on the partition it was read from is handed back to be
+   applied there (one hop, docs/architecture.md); any other is re-published to the
+   *resolved* topic keyed by its person. An `identify` event sends a link
    `(linked identity -> this person)` to each linked identity's partition; a link that
    joins two people sends a `merge` of the larger id into the smaller.
-2. The segmentation agent reads the resolved topic. A `merge` moves every brand state of
+2. The segmentation side reads the resolved topic. A `merge` moves every brand state of
    the absorbed person to the survivor's partition (`merge-in`), remembers an alias, and
    emits an `identity` change there. Events or merges still addressed to an absorbed id
    are forwarded along the alias, and the event's identity is taught the survivor.
@@ -25,9 +28,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
 
-from agents.batches import RawTopic, finished_batches
 from agents.raw_send import send_raw
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -137,82 +140,97 @@ def with_person(headers: Any, person: str) -> list[tuple[str, bytes]]:
     return [(k, v) for k, v in headers or () if k != PERSON] + [(PERSON, person.encode())]
 
 
-def register_resolver(
-    app: faust.App, settings: Settings, codecs: Codecs, routing: Routing, dead_letter: Any
-) -> None:
-    """Stage 1: events and links in, resolved events and merges out."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
-    identities = app.Table("identities", key_type=bytes, value_type=str)  # seed -> person
-    limits = settings.limits()
+class Resolver:
+    """Stage 1 of identity resolution: each event's person, links, referral credits.
 
-    def person_of(seed: str) -> str:
-        found: str | None = identities.get(seed.encode())
+    Runs inside the segmentation agent, which reads the events, links and referrals
+    topics beside the resolved one. An event whose person lives on the partition the
+    event was read from (an identity not linked elsewhere, published keyed by its own
+    identity as `pipeline.identity.partition_key` does) is handed straight back to be
+    applied here: one hop. Only the others take the resolved topic to their person's
+    partition (docs/architecture.md, "One hop").
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        codecs: Codecs,
+        routing: Routing,
+        dead_letter: Callable[[Any, Rejected], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.codecs = codecs
+        self.routing = routing
+        self.dead_letter = dead_letter
+        self.identities = app.Table("identities", key_type=bytes, value_type=str)  # seed -> person
+        self.topics = frozenset(
+            (settings.events_topic, settings.links_topic, settings.referrals_topic)
+        )
+        self._limits = settings.limits()
+        self._partitions = list(range(settings.partitions))
+        self._partitioner = app.conf.producer_partitioner or DefaultPartitioner()
+
+    def partition_of(self, person: str) -> int:
+        """The partition the producer sends a person's records to: where their state is."""
+        return int(self._partitioner(person.encode(), self._partitions, self._partitions))
+
+    def person_of(self, seed: str) -> str:
+        # The table's dict: `Table.get` goes through Faust's mapping layers (~3x slower).
+        found: str | None = self.identities.data.get(seed.encode())
         return found or seed
 
-    async def on_link(m: Any) -> None:
+    async def on_message(self, m: Any) -> tuple[Touchpoint, str] | None:
+        """Handle one message of the resolver's topics; an event to apply on this very
+        partition comes back as (event, person), everything else is done here."""
+        if m.topic == self.settings.links_topic:
+            with current(self.app, m):  # its table write goes to this partition's changelog
+                await self.on_link(m)
+            return None
+        if m.topic == self.settings.referrals_topic:
+            with current(self.app, m):  # the credit leaves when this offset is committed
+                await self.on_referral(m)
+            return None
+        return await self.on_event(m)
+
+    async def on_link(self, m: Any) -> None:
         seed, claimed = bytes(m.key).decode(), bytes(m.value).decode()
-        current = person_of(seed)
-        target, absorbed, relink = decide_link(current, claimed)
+        current_person = self.person_of(seed)
+        target, absorbed, relink = decide_link(current_person, claimed)
         # The merge and relink must be stored before the new link is: once the link is in
         # the changelog, a replay of this message decides nothing new and would not resend.
+        routing = self.routing
         if absorbed is not None:
             await send_merge(routing, absorbed, target, force=True)
         if relink is not None:
             await routing.links.send(key=relink.encode(), value=target.encode(), force=True)
         if absorbed is not None or relink is not None:
-            await app.producer.flush()
-        if target != current:
-            identities[seed.encode()] = target
+            await self.app.producer.flush()
+        if target != current_person:
+            self.identities[seed.encode()] = target
 
-    async def on_event(m: Any) -> None:
+    async def on_event(self, m: Any) -> tuple[Touchpoint, str] | None:
         try:
-            tp = accept(m.value, int(time.time() * 1000), codecs, limits)
+            tp = accept(m.value, int(time.time() * 1000), self.codecs, self._limits)
         except Rejected as rejected:
-            await dead_letter(m, rejected)
-            return
+            await self.dead_letter(m, rejected)
+            return None
         seed = seed_of(tp.user)
-        person = person_of(seed)
+        person = self.person_of(seed)
         if isinstance(tp.payload, Identify):
-            with current(app, m):  # the links leave when this event's offset is committed
+            with current(self.app, m):  # the links leave when this event's offset is committed
                 for linked in {seed_of(u) for u in tp.payload.identities} - {seed}:
-                    await routing.links.send(key=linked.encode(), value=person.encode())
-        await send_event(routing, person, m.value, (m.partition, m.offset))
+                    await self.routing.links.send(key=linked.encode(), value=person.encode())
+        if self.partition_of(person) == m.partition:
+            return tp, person
+        await send_event(self.routing, person, m.value, (m.partition, m.offset))
+        return None
 
-    async def on_referral(m: Any) -> None:
-        person = person_of(bytes(m.key).decode())
+    async def on_referral(self, m: Any) -> None:
+        person = self.person_of(bytes(m.key).decode())
         headers = with_person(m.headers, person)
-        await routing.resolved.send(key=person.encode(), value=b"", headers=headers)
-
-    async def on_message(m: Any) -> None:
-        if m.topic == settings.links_topic:
-            with current(app, m):  # its table write goes to this partition's changelog
-                await on_link(m)
-        elif m.topic == settings.referrals_topic:
-            with current(app, m):  # the credit leaves when this offset is committed
-                await on_referral(m)
-        else:
-            await on_event(m)
-
-    async def resolver(stream: faust.StreamT) -> None:
-        # In batches, so that a batch's resolved copies leave in a few produce requests:
-        # one message at a time, the producer's sender woke up between messages and sent
-        # a request per copy or two (~0.55 requests per event, ~15 % of the worker's time
-        # in socket writes; docs/benchmarks.md). Each message is still handled alone and
-        # in order.
-        batches = finished_batches(
-            stream, settings.worker_batch_events, settings.worker_batch_seconds
-        )
-        async for messages in batches:
-            for m in messages:
-                if m.generation_id != app.consumer_generation_id:
-                    # A rebalance happened during this batch: read again from the
-                    # committed offset; never acknowledged here (agents.batches).
-                    m.acked = True
-                    continue
-                await on_message(m)
-
-    inputs = (settings.events_topic, settings.links_topic, settings.referrals_topic)
-    app.agent(RawTopic(app, topics=inputs, **raw), name="identity-resolver")(resolver)
+        await self.routing.resolved.send(key=person.encode(), value=b"", headers=headers)
 
 
 class Merges:

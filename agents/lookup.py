@@ -9,14 +9,14 @@ state, profile, alias and identity link alike.
 
 Beside the state (not changed here), a small `person_profile` table keeps what the state
 does not: the hashed channel ids seen, people merged in, and the last changes per brand.
-It is fed by a tap agent on the same co-partitioned topics (resolved events, changes).
+It learns from the segmentation agent as each event is applied (`Segmentation.on_applied`)
+and from a tap agent on the co-partitioned changes topic.
 The logic is in pipeline.whois; docs/lookup.md has the reasons.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from functools import partial
 from typing import Any
 
@@ -27,12 +27,10 @@ from faust.web import Request, Response, View
 from yarl import URL
 
 from agents import identity
+from agents.segmentation import Segmentation
 from pipeline import whois
 from pipeline.codec import Codecs
-from pipeline.errors import Rejected
-from pipeline.events import Identify, UserRef
-from pipeline.identity import person_id_for
-from pipeline.ingest import accept
+from pipeline.events import Identify, Touchpoint, UserRef
 from pipeline.settings import Settings
 from pipeline.state import state_key
 
@@ -44,7 +42,8 @@ FORWARDED = "X-Touchflow-Forwarded"
 FORWARD_TIMEOUT = 5.0  # seconds
 
 
-def register(app: faust.App, settings: Settings, codecs: Codecs, state_table: Any) -> None:
+def register(app: faust.App, settings: Settings, codecs: Codecs, seg: Segmentation) -> None:
+    state_table = seg.table
     raw: dict[str, Any] = {
         "key_serializer": "raw",
         "value_serializer": "raw",
@@ -79,15 +78,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs, state_table: An
         if after != before:
             profiles[key] = json.dumps(whois.profile_to_json(after), separators=(",", ":"))
 
-    def on_event(m: Any) -> None:
-        try:
-            tp = accept(m.value, int(time.time() * 1000), codecs, limits)
-        except Rejected:
-            return  # the segmentation agent dead-letters it; nothing to learn here
-        person = identity.header(m, identity.PERSON) or person_id_for(tp.user)
-        aliases = table("aliases")
-        if aliases is not None and aliases.get(person.encode()):
-            return  # merged away: the segmentation agent forwards it to the survivor
+    def on_applied(m: Any, tp: Touchpoint | None, person: str) -> None:
+        """An event applied to `person`'s state, or (tp None) a merge-in of another's."""
+        if tp is None:
+            absorbed = identity.header(m, identity.MERGE_FROM) or ""
+            update(person, partial(whois.with_merged, absorbed=absorbed))
+            return
         ids: list[tuple[UserRef, str | None]] = [(tp.user, tp.channel)]
         if isinstance(tp.payload, Identify):
             ids += [(u, None) for u in tp.payload.identities]
@@ -101,22 +97,13 @@ def register(app: faust.App, settings: Settings, codecs: Codecs, state_table: An
 
     async def tap(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            m = event.message
-            if m.topic == settings.changes_topic:
-                c = codecs.decode_change(m.value)
-                update(c.person_id, partial(whois.with_change, c=c, limit=keep))
-                continue
-            kind = identity.header(m, identity.KIND)
-            if kind == identity.MERGE_IN:
-                absorbed = identity.header(m, identity.MERGE_FROM) or ""
-                update(bytes(m.key).decode(), partial(whois.with_merged, absorbed=absorbed))
-            elif kind in (None, identity.EVENT):
-                on_event(m)
+            c = codecs.decode_change(event.message.value)
+            update(c.person_id, partial(whois.with_change, c=c, limit=keep))
 
     if token:
-        source = settings.resolved_topic if settings.identity_resolution else settings.events_topic
-        topics = (source, settings.changes_topic) if keep > 0 else (source,)
-        app.agent(app.topic(*topics, **raw), name="person-profile")(tap)
+        seg.on_applied = on_applied
+        if keep > 0:
+            app.agent(app.topic(settings.changes_topic, **raw), name="person-profile")(tap)
 
     def owns(key: bytes) -> bool:
         topic = state_table.changelog_topic.get_topic_name()

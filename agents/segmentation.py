@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,7 @@ from pipeline import metrics
 from pipeline.codec import Codecs
 from pipeline.engine import Outcome
 from pipeline.errors import Rejected
+from pipeline.events import Touchpoint
 from pipeline.identity import person_id_for
 from pipeline.ingest import accept
 from pipeline.settings import Settings
@@ -82,6 +84,9 @@ class Segmentation:
     dlq: faust.TopicT
     table: faust.Table
     clocks: PartitionClocks
+    # Told of every event applied and every state merged in (agents.lookup's profiles);
+    # called with the message as Faust's current event, so it may write a table.
+    on_applied: Callable[[Any, Touchpoint | None, str], None] | None = None
 
 
 def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation:
@@ -120,13 +125,17 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
 
     internal = {settings.referrals_topic, settings.resolved_topic}  # never the events topic
     merges: identity.Merges | None = None
+    resolver: identity.Resolver | None = None
     # Events and the referral credits for people of the same partition, co-partitioned.
-    inputs = (settings.events_topic, settings.referrals_topic)
+    inputs: tuple[str, ...] = (settings.events_topic, settings.referrals_topic)
     if settings.identity_resolution:
         routing = identity.declare(app, settings)
-        identity.register_resolver(app, settings, codecs, routing, dead_letter)
+        resolver = identity.Resolver(app, settings, codecs, routing, dead_letter)
         merges = identity.Merges(routing, seg.table, codecs, policy, lambda: drain())
-        inputs = (settings.resolved_topic,)
+        # One agent for both stages: an event whose person is on its own partition is
+        # applied as it is read; the others reach their person's partition through the
+        # resolved topic (agents.identity.Resolver).
+        inputs = (*sorted(resolver.topics), settings.resolved_topic)
     source = RawTopic(app, topics=inputs, **raw)  # read in batches of messages
 
     # A batch is completed (changes sent, states written) or not at all while partitions
@@ -140,17 +149,43 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         async with handover:
             clocks.forget(tp.partition for tp in revoked if tp.topic in source.topics)
 
+    def learned(m: Any, tp: Touchpoint | None, person: str) -> None:
+        if seg.on_applied is not None:
+            with identity.current(app, m):
+                seg.on_applied(m, tp, person)
+
+    async def apply_event(
+        m: Any, tp: Touchpoint, person_id: str, offset: int, source: Any, out: Outcome
+    ) -> bool:
+        """One accepted event into `out`; False when it was forwarded to a survivor."""
+        engine = clocks.engine(m.partition)
+        # Before anything touches a state: states keep RFM, lifecycle and due time from
+        # their last derivation (state._recompute), which must be under the current policy.
+        clocks.reassess_pending(m.partition, engine, out)
+        if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
+            return False
+        metrics.event_consumed(tp)
+        engine.on_event(tp, person_id, offset, out, source)
+        clocks.written(m.partition, out)
+        learned(m, tp, person_id)
+        return True
+
+    async def apply_direct(m: Any, tp: Touchpoint, person_id: str, out: Outcome) -> bool:
+        """An event of the events topic whose person is on this partition (one hop). Its
+        (partition, offset) guards against applying it twice after a restart, as for a
+        copy forwarded through the resolved topic; it has no resolved offset."""
+        return await apply_event(m, tp, person_id, -1, (m.partition, m.offset), out)
+
     async def process(m: Any, out: Outcome) -> bool:
         """One message of the source topic into `out` (states go to the held writes);
         False when it was dead-lettered or forwarded instead."""
         kind = identity.header(m, identity.KIND)
         engine = clocks.engine(m.partition)
-        # Before anything touches a state: states keep RFM, lifecycle and due time from
-        # their last derivation (state._recompute), which must be under the current policy.
-        clocks.reassess_pending(m.partition, engine, out)
         if merges is not None and kind == identity.MERGE_IN:
+            clocks.reassess_pending(m.partition, engine, out)
             await merges.on_merge_in(m, engine, out)
         elif kind == identity.REFERRAL and m.topic in internal:
+            clocks.reassess_pending(m.partition, engine, out)
             person = identity.header(m, identity.PERSON) or bytes(m.key).decode()
             if merges is not None and await merges.forward_referral_if_absorbed(m, person):
                 return False
@@ -163,11 +198,17 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 await dead_letter(m, rejected)
                 return False
             person_id = identity.header(m, identity.PERSON) or person_id_for(tp.user)
-            if merges is not None and await merges.forward_if_absorbed(m, tp, person_id):
-                return False
-            metrics.event_consumed(tp)
-            engine.on_event(tp, person_id, m.offset, out, identity.source_of(m))
+            source = identity.source_of(m)
+            if source is not None and source[0] == m.partition:
+                # Forwarded from this same partition: only a version before one hop did
+                # that. Later events of that partition may have been applied directly
+                # since, so its origin would wrongly mark it as applied; its resolved
+                # offset and the dedup window still recognise a repeat.
+                source = None
+            return await apply_event(m, tp, person_id, m.offset, source, out)
         clocks.written(m.partition, out)
+        if merges is not None and kind == identity.MERGE_IN:
+            learned(m, None, bytes(m.key).decode())
         return True
 
     async def drain() -> None:
@@ -220,8 +261,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         # Read once per batch (it builds a set): the assignment cannot change while the
         # batch runs, as a revocation first waits for the handover lock held around it.
         owned = app.consumer.assignment()
+        generation = app.consumer_generation_id
         for m in messages:
-            if m.tp not in owned:
+            if m.tp not in owned or m.generation_id != generation:
                 # Taken before a rebalance moved its partition away: the new owner reads
                 # it again. Marked acknowledged so no ack of ours reaches the consumer,
                 # which would count it as done should the partition come back here.
@@ -232,6 +274,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 await complete(batch)  # a merge reads and moves stored states
                 with identity.current(app, m):
                     await merges.on_merge(m)
+                continue
+            if resolver is not None and m.topic in resolver.topics:
+                direct = await resolver.on_message(m)
+                if direct is not None:
+                    out = Outcome()
+                    batch.append((m, out, await apply_direct(m, *direct, out)))
                 continue
             out = Outcome()
             batch.append((m, out, await process(m, out)))

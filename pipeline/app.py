@@ -102,6 +102,6 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
     codecs = Codecs(registry_for(settings.schema_registry_url))
     seg = segmentation.register(app, settings, codecs)
     web.register(app, settings)
-    lookup.register(app, settings, codecs, seg.table)
+    lookup.register(app, settings, codecs, seg)
     lag.register(app, settings, seg.table, seg.clocks.backlog)
     return app

@@ -1,15 +1,19 @@
 """The fault suite's harness: a workload, its reference, a real run, and the comparison.
 
-The reference is the pure engine over the segmentation stage's input topic *as stored* —
+The reference is the pure engine over the segmentation stage's input *as stored* —
 partition by partition, in offset order — which is what one clean worker computes: a
 person's changes depend only on their own events in partition order
-(docs/segmentation.md). That input is the events topic, or with identity resolution the
-resolved topic (each event forwarded by the resolver, keyed and headed with its person);
-then the stage before it is checked on its own: every good event forwarded, none
-invented, and no event applied twice (a copy forwarded again after a kill must be dropped
-as a duplicate). The workload has no referral credits and, with identity resolution, no
-identity links: those are the paths where work crosses partitions at moments no replay
-can reproduce (merges, credits; docs/reliability.md).
+(docs/segmentation.md). That input is the events topic; with identity resolution, an
+event published on its person's partition is applied from there (one hop, with its
+origin as the guard against applying it twice), the others from the resolved topic
+(forwarded by the resolver, keyed and headed with its person). Each run publishes all
+its events one way (`encoded(..., elsewhere=...)`), so a person's events reach the
+state by one path, in an order the topics record. The resolver is then checked on its
+own: every good event applied or forwarded, none invented, and none applied twice (an
+event read or forwarded again after a kill must be dropped). The workload has no
+referral credits and, with identity resolution, no identity links: those are the paths
+where work crosses partitions at moments no replay can reproduce (merges, credits;
+docs/reliability.md).
 
 A run is compared with the reference on:
 - segment changes, keyed (brand, person_id, seq): every reference key present, no other
@@ -97,8 +101,18 @@ async def publish(settings: Settings, values: list[tuple[bytes, bytes]]) -> None
         await producer.stop()
 
 
-def encoded(events: list[Touchpoint]) -> list[tuple[bytes, bytes]]:
-    return [(partition_key(e.user), CODECS.encode_event(e)) for e in events]
+def encoded(events: list[Touchpoint], elsewhere: int | None = None) -> list[tuple[bytes, bytes]]:
+    """Records keyed as the SDK keys them; with `elsewhere` (the partition count), keyed
+    so that each lands on a partition other than its person's: forwarded, not one hop."""
+    if elsewhere is None:
+        return [(partition_key(e.user), CODECS.encode_event(e)) for e in events]
+    return [(_elsewhere(partition_key(e.user), elsewhere), CODECS.encode_event(e)) for e in events]
+
+
+def _elsewhere(key: bytes, partitions: int) -> bytes:
+    home = partition_of_key(key, partitions)
+    keys = (key + b"~%d" % n for n in range(100))
+    return next(k for k in keys if partition_of_key(k, partitions) != home)
 
 
 async def read_all(bootstrap: str, topic: str) -> list[Any]:
@@ -140,7 +154,9 @@ class Outcome:
 
 
 def reference(records: list[Any], settings: Settings) -> Outcome:
-    """What one clean worker computes from the stored events (see the module doc)."""
+    """What one clean worker computes from the stored events (see the module doc):
+    `records` of the events topic, or with identity resolution of both the events and
+    the resolved topics."""
     policy, limits = settings.policy(), settings.limits()
     states: dict[bytes, core.PersonState] = {}
     engines: dict[int, PartitionEngine] = {}
@@ -159,7 +175,12 @@ def reference(records: list[Any], settings: Settings) -> Outcome:
             )
         # As the segmentation agent has it: the resolver's person, else the event's own.
         person_id = header(m, PERSON) or person_id_for(event.user)
-        result = engine.on_event(event, person_id, m.offset, source=source_of(m))
+        offset, source = m.offset, source_of(m)
+        if settings.identity_resolution and m.topic == settings.events_topic:
+            if partition_of_key(person_id.encode(), settings.partitions) != m.partition:
+                continue  # forwarded: applied from its copy on the resolved topic
+            offset, source = -1, (m.partition, m.offset)  # one hop (agents.identity)
+        result = engine.on_event(event, person_id, offset, source=source)
         out.applied += not (result.duplicate or result.redelivered)
         for c in result.changes:
             out.changes[(c.brand, c.person_id, c.seq)].append(c)
