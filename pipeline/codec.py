@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import fastavro
 
+from pipeline.avro_writer import compile_writer
 from pipeline.errors import Reason, Rejected
 from pipeline.events import (
     Chat,
@@ -83,8 +84,13 @@ class WireCodec:
         self.schema_id, self.schema = registry.latest(subject)
         self._header = HEADER.pack(MAGIC, self.schema_id)
         self._writers: dict[int, Any] = {}
+        self._compiled = compile_writer(self.schema)  # None: fastavro writes it
 
     def encode(self, record: dict[str, Any]) -> bytes:
+        if self._compiled is not None:
+            out = bytearray(self._header)
+            self._compiled(record, out)
+            return bytes(out)
         buf = io.BytesIO()
         buf.write(self._header)
         fastavro.schemaless_writer(buf, self.schema, record)
