@@ -264,9 +264,10 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         generation = app.consumer_generation_id
         for m in messages:
             if m.tp not in owned or m.generation_id != generation:
-                # Taken before a rebalance moved its partition away: the new owner reads
-                # it again. Marked acknowledged so no ack of ours reaches the consumer,
-                # which would count it as done should the partition come back here.
+                # Taken before a rebalance moved its partition away (the new owner reads
+                # it again), or before one that gave it back (read again from the
+                # committed offset). Marked acknowledged so no ack of ours reaches the
+                # consumer, which would count it as done.
                 m.acked = True
                 skipped += 1
                 continue
