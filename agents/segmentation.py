@@ -184,6 +184,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         if merges is not None and kind == identity.MERGE_IN:
             clocks.reassess_pending(m.partition, engine, out)
             await merges.on_merge_in(m, engine, out)
+            learned(m, None, bytes(m.key).decode())
         elif kind == identity.REFERRAL and m.topic in internal:
             clocks.reassess_pending(m.partition, engine, out)
             person = identity.header(m, identity.PERSON) or bytes(m.key).decode()
@@ -207,8 +208,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 source = None
             return await apply_event(m, tp, person_id, m.offset, source, out)
         clocks.written(m.partition, out)
-        if merges is not None and kind == identity.MERGE_IN:
-            learned(m, None, bytes(m.key).decode())
         return True
 
     async def drain() -> None:
