@@ -35,6 +35,7 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "person_state"  # Settings.changelog_topic derives the changelog name from it
+CLOCK_TABLE_NAME = "partition_clock"  # partition -> its max event time (ASCII ms)
 
 
 class StateCodec(Codec):  # type: ignore[misc]
@@ -105,7 +106,18 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         topic = table.changelog_topic.get_topic_name()
         await send_raw(app, topic, key, value, partition=partition)
 
-    clocks = PartitionClocks(policy, table, settings.allowed_lateness_ms, changelog)
+    # Each partition's event-time clock, kept across restarts (agents.partition_clocks).
+    clock_table = app.Table(
+        CLOCK_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+
+    async def clock_changelog(partition: int, key: bytes, value: bytes) -> None:
+        topic = clock_table.changelog_topic.get_topic_name()
+        await send_raw(app, topic, key, value, partition=partition)
+
+    clocks = PartitionClocks(
+        policy, table, settings.allowed_lateness_ms, changelog, clock_table, clock_changelog
+    )
     seg = Segmentation(
         dlq=app.topic(settings.dlq_topic, **raw),
         table=table,
@@ -221,7 +233,8 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
 
     async def complete(batch: list[tuple[Any, Outcome, bool]]) -> None:
         """Send a batch's changes and credits, wait for the broker, then write its states
-        (and wait again), so nothing is acknowledged before it is stored (write_behind)."""
+        (and wait again), so nothing is acknowledged before it is stored (write_behind);
+        then the clocks, only once those states are stored (partition_clocks)."""
         for _, out, _ in batch:
             for brand, referrer, invitee, at in out.referrals:
                 headers = identity.referral_headers(brand, invitee, at)
@@ -232,6 +245,8 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         await drain()
         await clocks.flush()
         await drain()
+        if await clocks.checkpoint():
+            await drain()
         for m, out, processed in batch:
             for change in out.changes:  # a message not processed may carry a reassessment's
                 metrics.segment_change(change, m.timestamp)

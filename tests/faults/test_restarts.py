@@ -58,3 +58,30 @@ async def test_local_state_wiped_rebuilds_from_the_changelog_to_its_true_end(
     ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
     assert h.differences(ref, await h.collect(s)) == []
     second.stop()
+
+
+async def test_a_restart_keeps_each_partitions_clock_for_the_late_events_after_it(
+    fault_settings: Settings, fleet: h.Fleet
+) -> None:
+    """The newest events first, then a restart, then older ones: every one of those is
+    late for its partition's clock, which decides which due times fire before it. A
+    worker restarted with a fresh clock (the latest event time since its committed
+    offset) fired fewer of them and gave other changes; the kept clock gives the
+    reference's (agents.partition_clocks)."""
+    s = fault_settings
+    events = h.workload(4_000, seed=6, span_days=300)
+    newest, older = events[-400:], events[:-400]
+    await h.publish(s, h.encoded(newest))
+    first = fleet.start(s, "worker-0")
+    await h.wait_processed(s, [first], 300)
+    first.stop()  # SIGTERM: everything committed, the clocks stored
+
+    await h.publish(s, h.encoded(older))
+    ref = h.reference(await h.read_all(s.kafka_bootstrap, s.events_topic), s)
+    late = h.count_late(newest + older, s)
+    assert late >= len(older) // 2, f"only {late} late events: nothing for the clock to decide"
+    second = fleet.start(s, "worker-1")
+    await h.wait_processed(s, [second], 300)
+
+    assert h.differences(ref, await h.collect(s)) == []
+    second.stop()
