@@ -69,7 +69,7 @@ class PartitionClocks:
         self._table = table
         self._changelog = changelog
         self._lateness = allowed_lateness_ms
-        self._clock_table = clock_table  # None: clocks not kept (tests, tools)
+        self._clock_table = clock_table  # None: clocks not kept (unit tests)
         self._clock_changelog = clock_changelog
         self._stored_clock: dict[int, int | None] = {}  # partition -> clock last written
         self._engines: dict[int, PartitionEngine] = {}

@@ -42,3 +42,12 @@ async def send_raw(
     except KafkaError as exc:  # as Faust's producer reports it
         raise ProducerSendError(f"Error while sending: {exc!r}") from exc
     return future
+
+
+async def send_to_changelog(
+    app: Any, table: Any, partition: int, key: bytes, value: bytes | None
+) -> None:
+    """One record of `table`'s changelog, on `partition`, as Faust's `send_changelog`
+    would write it for a raw key and value (None: the key deleted)."""
+    topic = table.changelog_topic.get_topic_name()
+    await send_raw(app, topic, key, value, partition=partition)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +23,7 @@ from faust.serializers.codecs import Codec
 from agents import identity, thresholds
 from agents.batches import RawTopic, finished_batches
 from agents.partition_clocks import PartitionClocks
-from agents.raw_send import send_raw
+from agents.raw_send import send_raw, send_to_changelog
 from pipeline import metrics
 from pipeline.codec import Codecs
 from pipeline.engine import Outcome
@@ -103,18 +104,13 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
 
     async def changelog(partition: int, key: bytes, state: Any) -> None:
         value = None if state is None else codecs.encode_state(state)
-        topic = table.changelog_topic.get_topic_name()
-        await send_raw(app, topic, key, value, partition=partition)
+        await send_to_changelog(app, table, partition, key, value)
 
     # Each partition's event-time clock, kept across restarts (agents.partition_clocks).
     clock_table = app.Table(
         CLOCK_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-
-    async def clock_changelog(partition: int, key: bytes, value: bytes) -> None:
-        topic = clock_table.changelog_topic.get_topic_name()
-        await send_raw(app, topic, key, value, partition=partition)
-
+    clock_changelog = partial(send_to_changelog, app, clock_table)
     clocks = PartitionClocks(
         policy, table, settings.allowed_lateness_ms, changelog, clock_table, clock_changelog
     )
