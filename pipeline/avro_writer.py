@@ -8,6 +8,10 @@ turned once into Python source — one line per field, small numbers written as 
 without a call — encodes the same bytes ~1.35x faster for a typical state, ~1.2x for a
 heavy one.
 
+`compile_object_writer` goes one step further for the person state: it reads the fields
+straight from the objects (`s.agg.first_seen`, tuples of buckets) through a layout, so the
+per-write dict of 35 fields and the dicts of each bucket and order are never built.
+
 The output is byte-for-byte fastavro's (`tests/unit/test_avro_writer.py` compares them on
 the states and changes of a whole workload). Supported: null, boolean, int, long,
 string, bytes, records (and references to them by name), arrays, and unions of null
@@ -19,28 +23,37 @@ records come from our own code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 Writer = Callable[[dict[str, Any], bytearray], None]
+ObjectWriter = Callable[[Any, bytearray], None]
+
+
+@dataclass(frozen=True)
+class ObjectLayout:
+    """Where each field of a record schema is on an object, for `compile_object_writer`.
+
+    `fields`: per top-level field, a Python expression over the object `s` (e.g.
+    `"s.agg.first_seen"`). `items`: per array field whose items are records, the item's
+    field names in the order of the tuple each item is (e.g. `("day", "orders",
+    "amount_minor")` for buckets held as `(day, orders, amount)`). `prelude`: statements
+    run first, naming what several expressions share (e.g. `"a = s.agg"`)."""
+
+    fields: Mapping[str, str]
+    items: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    prelude: tuple[str, ...] = ()
 
 
 class Unsupported(Exception):
     pass
 
 
-def _varint(z: int) -> bytes:
-    """Avro's variable-length encoding of a zigzagged (non-negative) long."""
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 class _Source:
-    def __init__(self) -> None:
+    def __init__(self, layout: ObjectLayout | None = None) -> None:
+        self.layout = layout  # None: the record is a dict
+        self.item_fields: dict[str, tuple[str, ...]] = {}  # tuple items: their field names
         self.lines: list[str] = []
         self.names = 0
         self.named: dict[str, Any] = {}  # records by full name, for later references
@@ -57,7 +70,11 @@ class _Source:
         z = self.name("z")
         self.emit(indent, f"{z} = ({expr} << 1) ^ ({expr} >> 63)")
         self.emit(indent, f"if {z} < 128: out.append({z})")
-        self.emit(indent, f"else: out += _varint({z})")
+        self.emit(indent, "else:")  # inline: no call, no temporary bytes (~2x a call)
+        self.emit(indent + 1, f"while {z} >= 128:")
+        self.emit(indent + 2, f"out.append(({z} & 127) | 128)")
+        self.emit(indent + 2, f"{z} >>= 7")
+        self.emit(indent + 1, f"out.append({z})")
 
     def value(self, indent: int, schema: Any, expr: str) -> None:
         """Code writing `expr` (a simple name) as `schema`."""
@@ -87,16 +104,17 @@ class _Source:
         elif kind == "record":
             self.named[schema["name"]] = schema
             self.open.add(schema["name"])
-            for field in schema["fields"]:
-                v, name = self.name("v"), field["name"]
-                if "default" in field:  # as fastavro: a missing field takes its default
-                    self.emit(indent, f"{v} = {expr}.get({name!r}, {field['default']!r})")
-                else:
-                    self.emit(indent, f"{v} = {expr}[{name!r}]")
-                self.value(indent, field["type"], v)
+            for f in schema["fields"]:
+                v = self.name("v")
+                self.emit(indent, f"{v} = {self.field_of(expr, f)}")
+                if self.layout is not None and expr == "r" and f["name"] in self.layout.items:
+                    self.item_fields[v] = self.layout.items[f["name"]]
+                self.value(indent, f["type"], v)
             self.open.discard(schema["name"])
         elif kind == "array":
             item = self.name("i")
+            if expr in self.item_fields:
+                self.item_fields[item] = self.item_fields[expr]
             self.emit(indent, f"if {expr}:")
             self.long(indent + 1, f"len({expr})")
             self.emit(indent + 1, f"for {item} in {expr}:")
@@ -104,6 +122,22 @@ class _Source:
             self.emit(indent, "out.append(0)")  # the end of the (single) block
         else:
             raise Unsupported(str(kind))
+
+    def field_of(self, expr: str, f: dict[str, Any]) -> str:
+        """The expression reading field `f` of the record `expr`."""
+        name = f["name"]
+        if self.layout is None:
+            if "default" in f:  # as fastavro: a missing field takes its default
+                return f"{expr}.get({name!r}, {f['default']!r})"
+            return f"{expr}[{name!r}]"
+        if expr == "r":  # the top-level record: the object
+            if name not in self.layout.fields:
+                raise Unsupported(f"no layout for field {name}")
+            return self.layout.fields[name]
+        names = self.item_fields.get(expr)
+        if names is None or name not in names:
+            raise Unsupported(f"no layout for {name} of an item")
+        return f"{expr}[{names.index(name)}]"
 
     def union(self, indent: int, branches: list[Any], expr: str) -> None:
         kinds = [b["type"] if isinstance(b, dict) else b for b in branches]
@@ -127,15 +161,29 @@ class _Source:
 def compile_writer(schema: dict[str, Any]) -> Writer | None:
     """An encoder `write(record, out)` appending `record`'s Avro body to `out`, or None
     when the schema uses a type this module does not compile."""
+    return _compile(schema, None)
+
+
+def compile_object_writer(schema: dict[str, Any], layout: ObjectLayout) -> ObjectWriter | None:
+    """An encoder `write(obj, out)` appending the Avro body of the record that `layout`
+    reads off `obj`, or None when the schema uses a type this module does not compile or
+    has a field the layout does not place (e.g. a newer schema: the caller falls back)."""
+    return _compile(schema, layout)
+
+
+def _compile(schema: dict[str, Any], layout: ObjectLayout | None) -> ObjectWriter | None:
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
-    source = _Source()
+    source = _Source(layout)
     try:
         source.value(1, schema, "r")
     except Unsupported:
         return None
-    code = "def write(r, out):\n" + "\n".join(source.lines or ["    pass"]) + "\n"
-    scope: dict[str, Any] = {"_varint": _varint}
+    prologue = []
+    if layout is not None:  # layouts speak of `s`
+        prologue = ["    s = r", *(f"    {line}" for line in layout.prelude)]
+    code = "def write(r, out):\n" + "\n".join(prologue + source.lines or ["    pass"]) + "\n"
+    scope: dict[str, Any] = {}
     exec(compile(code, f"<avro writer {schema.get('name', '?')}>", "exec"), scope)
-    writer: Writer = scope["write"]
+    writer: ObjectWriter = scope["write"]
     return writer
