@@ -8,6 +8,7 @@ table phone -> hash by hashing all phone numbers. The key comes from the environ
 from __future__ import annotations
 
 import hashlib
+import re
 
 # Identity kinds whose values are personal data and must never leave the edge in clear.
 PERSONAL_ID_TYPES = frozenset({"openid", "unionid", "external_userid", "member_id", "phone"})
@@ -51,10 +52,11 @@ def pseudonymise(id_type: str, value: str, key: bytes) -> str:
     return HASH_PREFIX + digest
 
 
-_HEX = frozenset("0123456789abcdef")
+# One C call per id (the worker checks every event's): a set of the digest per call was
+# ~1.5 % of a busy worker. ASCII ranges in a str pattern: no other digits match.
+_PSEUDONYM = re.compile(re.escape(HASH_PREFIX) + "[0-9a-f]{32}")
 
 
 def is_pseudonymised(value: str) -> bool:
     """True for exactly what `pseudonymise` produces: the prefix and 32 lowercase hex digits."""
-    digest = value[len(HASH_PREFIX) :]
-    return value.startswith(HASH_PREFIX) and len(digest) == 32 and set(digest) <= _HEX
+    return _PSEUDONYM.fullmatch(value) is not None

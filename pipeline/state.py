@@ -669,7 +669,10 @@ def is_forwarded_again(state: PersonState | None, source: Source | None) -> bool
     if state is None or source is None:
         return False
     partition, offset = source
-    return any(p == partition and offset <= last for p, last in state.source_offsets)
+    for p, last in state.source_offsets:  # noqa: SIM110 - a loop: no generator per call
+        if p == partition and offset <= last:
+            return True
+    return False
 
 
 def _with_source(offsets: tuple[Source, ...], source: Source | None) -> tuple[Source, ...]:

@@ -68,6 +68,9 @@ def test_other_partitions_keep_their_own_offsets() -> None:
     s, _ = core.apply(s, later, PERSON, POLICY, 1, source=(0, 5))
     assert s.source_offsets == ((0, 5), (1, 900))
     assert s.version == 2
+    assert not core.is_forwarded_again(s, (1, 901)) and not core.is_forwarded_again(s, (0, 6))
+    assert core.is_forwarded_again(s, (0, 5)) and core.is_forwarded_again(s, (1, 900))
+    assert not core.is_forwarded_again(s, (2, 0))
 
 
 def test_a_merge_keeps_the_latest_origin_of_each_partition() -> None:

@@ -99,6 +99,13 @@ def test_a_16_byte_key_is_enough() -> None:
         ("h2:" + "0" * 32, False),
         ("0" * 35, False),
         ("", False),
+        ("h1:" + "0123456789abcdef" * 2, True),
+        ("h1:" + "0123456789ABCDEF" * 2, False),
+        ("h1:" + "0" * 31 + "g", False),
+        ("h1:" + "0" * 32 + "\n", False),
+        ("h1:" + "0" * 31 + "\u0663", False),  # a digit, not an ASCII one
+        ("xh1:" + "0" * 32, False),
+        ("h1:" + "0" * 16 + " " + "0" * 15, False),
     ],
 )
 def test_is_pseudonymised(value: str, expected: bool) -> None:
