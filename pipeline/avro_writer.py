@@ -10,7 +10,10 @@ heavy one.
 
 `compile_object_writer` goes one step further for the person state: it reads the fields
 straight from the objects (`s.agg.first_seen`, tuples of buckets) through a layout, so the
-per-write dict of 35 fields and the dicts of each bucket and order are never built.
+per-write dict of 35 fields and the dicts of each bucket and order are never built; and
+varints of two bytes or more (every timestamp) are written inline, not by a call that
+built a temporary `bytes`. Together ~1.5x on the states of a workload (paired runs,
+docs/benchmarks.md, "What changed in 93416a6").
 
 The output is byte-for-byte fastavro's (`tests/unit/test_avro_writer.py` compares them on
 the states and changes of a whole workload). Supported: null, boolean, int, long,
