@@ -79,22 +79,34 @@ class FileSchemaRegistry:
 class WireCodec:
     """Encode/decode one subject's records in the wire format."""
 
-    def __init__(self, registry: SchemaRegistry, subject: str) -> None:
+    def __init__(
+        self, registry: SchemaRegistry, subject: str, layout: ObjectLayout | None = None
+    ) -> None:
         self._registry = registry
         self.schema_id, self.schema = registry.latest(subject)
-        self.header = HEADER.pack(MAGIC, self.schema_id)
+        self._header = HEADER.pack(MAGIC, self.schema_id)
         self._writers: dict[int, Any] = {}
         self._compiled = compile_writer(self.schema)  # None: fastavro writes it
+        # None (no layout, or a schema with a field it does not place): via the record
+        self._object_writer = compile_object_writer(self.schema, layout) if layout else None
 
     def encode(self, record: dict[str, Any]) -> bytes:
         if self._compiled is not None:
-            out = bytearray(self.header)
+            out = bytearray(self._header)
             self._compiled(record, out)
             return bytes(out)
         buf = io.BytesIO()
-        buf.write(self.header)
+        buf.write(self._header)
         fastavro.schemaless_writer(buf, self.schema, record)
         return buf.getvalue()
+
+    def encode_object(self, obj: Any, to_record: Callable[[Any], dict[str, Any]]) -> bytes:
+        """`encode(to_record(obj))`, without building the record when the layout allows."""
+        if self._object_writer is None:
+            return self.encode(to_record(obj))
+        out = bytearray(self._header)
+        self._object_writer(obj, out)
+        return bytes(out)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         if len(data) < HEADER.size:
@@ -410,9 +422,7 @@ class Codecs:
         registry = registry if registry is not None else FileSchemaRegistry()
         self.events = WireCodec(registry, EVENTS_SUBJECT)
         self.changes = WireCodec(registry, CHANGES_SUBJECT)
-        self.state = WireCodec(registry, STATE_SUBJECT)
-        # None (a schema with a field STATE_LAYOUT does not place): via state_to_record
-        self._state_writer = compile_object_writer(self.state.schema, STATE_LAYOUT)
+        self.state = WireCodec(registry, STATE_SUBJECT, STATE_LAYOUT)
 
     def encode_event(self, e: Touchpoint) -> bytes:
         return self.events.encode(touchpoint_to_record(e))
@@ -427,11 +437,7 @@ class Codecs:
         return change_from_record(self.changes.decode(data))
 
     def encode_state(self, s: PersonState) -> bytes:
-        if self._state_writer is not None:
-            out = bytearray(self.state.header)
-            self._state_writer(s, out)
-            return bytes(out)
-        return self.state.encode(state_to_record(s))
+        return self.state.encode_object(s, state_to_record)
 
     def decode_state(self, data: bytes) -> PersonState:
         return state_from_record(self.state.decode(data))
