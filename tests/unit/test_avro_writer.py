@@ -8,7 +8,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from pipeline.avro_writer import ObjectLayout, compile_object_writer, compile_writer
+from pipeline.avro_writer import ArrayMemo, ObjectLayout, compile_object_writer, compile_writer
 from pipeline.codec import STATE_LAYOUT, Codecs, change_to_record, state_to_record
 from pipeline.engine import Outcome, PartitionEngine
 from pipeline.generator import TrafficGenerator
@@ -209,3 +209,127 @@ def test_a_recursive_record_is_left_to_fastavro() -> None:
         "fields": [{"name": "next", "type": ["null", "t.Node"]}],
     }
     assert compile_writer(fastavro.parse_schema(schema)) is None
+
+
+# -- memoized arrays -----------------------------------------------------------------------
+
+PAIRS_SCHEMA = fastavro.parse_schema(
+    {
+        "type": "record",
+        "name": "t.M",
+        "fields": [
+            {"name": "n", "type": "long"},
+            {
+                "name": "pairs",
+                "type": {
+                    "type": "array",
+                    "items": {
+                        "type": "record",
+                        "name": "t.Pair",
+                        "fields": [{"name": "a", "type": "long"}, {"name": "b", "type": "string"}],
+                    },
+                },
+            },
+        ],
+    }
+)
+PAIRS_LAYOUT = ObjectLayout(
+    fields={"n": "s[0]", "pairs": "s[1]"},
+    items={"pairs": ("a", "b")},
+    memoized=frozenset({"pairs"}),
+)
+
+
+class CountedPair(tuple[int, str]):
+    """An immutable pair that counts how often the writer reads its fields."""
+
+    reads = 0
+
+    def __getitem__(self, i: Any) -> Any:
+        CountedPair.reads += 1
+        return super().__getitem__(i)
+
+
+def write_pairs(writer: Any, n: int, pairs: tuple[Any, ...]) -> bytes:
+    out = bytearray()
+    writer((n, pairs), out)
+    want = fastavro_bytes(PAIRS_SCHEMA, {"n": n, "pairs": [{"a": a, "b": b} for a, b in pairs]})
+    assert bytes(out) == want
+    return bytes(out)
+
+
+def test_a_memoized_array_is_encoded_once_per_tuple_and_copied_after() -> None:
+    writer = compile_object_writer(PAIRS_SCHEMA, PAIRS_LAYOUT)
+    assert writer is not None
+    pairs = tuple(CountedPair((k, f"o{k}")) for k in range(6))
+    CountedPair.reads = 0
+    write_pairs(writer, 1, pairs)
+    assert CountedPair.reads == 12  # each field of each item once
+    write_pairs(writer, 2, pairs)  # the same tuple, in another record
+    assert CountedPair.reads == 12
+    equal = tuple(list(pairs))  # a new tuple object: encoded again, though equal
+    assert equal is not pairs
+    write_pairs(writer, 3, equal)
+    assert CountedPair.reads == 24
+    short = pairs[:3]  # under ArrayMemo's min_items: never kept
+    write_pairs(writer, 4, short)
+    write_pairs(writer, 5, short)
+    assert CountedPair.reads == 24 + 2 * 6
+
+
+def test_a_memoized_array_never_gets_the_bytes_of_a_freed_tuple() -> None:
+    """CPython reuses a freed tuple's memory, so its id, for the next tuple of its size:
+    the memo holds each tuple it keeps, and compares identity, so that cannot happen."""
+    writer = compile_object_writer(PAIRS_SCHEMA, PAIRS_LAYOUT)
+    assert writer is not None
+    for k in range(2_000):  # each tuple freed after its write
+        write_pairs(writer, k, tuple((k * 7 + j, str(k)) for j in range(5)))
+
+
+def test_an_array_memo_keeps_at_most_its_entries_and_drops_the_oldest() -> None:
+    memo = ArrayMemo(max_entries=3, min_items=2)
+    arrays = [(k, k + 1) for k in range(5)]
+    for a in arrays:
+        memo.keep(a, bytes(a))
+    assert [kept for kept, _ in memo.entries.values()] == arrays[2:]
+    memo.keep((9,), b"\x09")
+    assert len(memo.entries) == 3 and all(len(kept) == 2 for kept, _ in memo.entries.values())
+
+
+def test_memoizing_a_field_that_is_not_an_array_falls_back() -> None:
+    layout = ObjectLayout(
+        fields={"n": "s[0]", "pairs": "s[1]"},
+        items={"pairs": ("a", "b")},
+        memoized=frozenset({"n"}),
+    )
+    assert compile_object_writer(PAIRS_SCHEMA, layout) is None
+
+
+def test_the_state_writer_memoizes_buckets_and_orders_and_stays_byte_exact() -> None:
+    """A heavy customer's states in a row share their buckets until a purchase; each write
+    equals fastavro's whether the buckets came from the memo or not."""
+    codecs, settings = Codecs(), Settings()
+    policy = settings.policy()
+    gen = TrafficGenerator(b"k" * 32, seed=9)
+    states: dict[bytes, PersonState] = {}
+    engine = PartitionEngine(policy, states, settings.allowed_lateness_ms)
+    start, step = NOW - 400 * MS_PER_DAY, MS_PER_DAY // 4
+    previous: dict[bytes, PersonState] = {}
+    reused = 0
+    for i in range(3_000):
+        event = gen.next_event(start + i * step)
+        out = Outcome()
+        engine.on_event(event, person_id_for(event.user), i, out)
+        for key in out.written:
+            s = states[key]
+            before = previous.get(key)
+            if (
+                before is not None
+                and before.agg.buckets is s.agg.buckets
+                and len(s.agg.buckets) > 4
+            ):
+                reused += 1
+            want = fastavro_bytes(codecs.state.schema, state_to_record(s))
+            assert codecs.encode_state(s)[5:] == want
+            previous[key] = s
+    assert reused > 100  # the memo's case happened, and often
