@@ -4,6 +4,9 @@ two copies: recognised by its origin in the events topic (state.is_forwarded_aga
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipeline import state as core
 from pipeline.engine import PartitionEngine
 from pipeline.events import Chat, EventType, Purchase
@@ -85,3 +88,24 @@ def test_events_not_forwarded_leave_no_origin() -> None:
     s, _ = core.apply(None, _events(1)[0], PERSON, POLICY, 0)
     assert s.source_offsets == ()
     assert not core.is_forwarded_again(s, None)
+
+
+@given(
+    st.dictionaries(st.integers(0, 40), st.integers(0, 2**40), max_size=6),
+    st.integers(0, 40),
+    st.integers(0, 2**40),
+)
+def test_an_origin_taken_in_raises_its_partition_and_keeps_the_others(
+    before: dict[int, int], partition: int, offset: int
+) -> None:
+    """The origins stay one entry per partition, sorted by partition; the partition of
+    the new origin holds the larger of the two offsets, every other one is unchanged."""
+    offsets = tuple(sorted(before.items()))
+    after = core._with_source(offsets, (partition, offset))
+    partitions = [p for p, _ in after]
+    assert partitions == sorted(set(partitions))
+    assert set(partitions) == set(before) | {partition}
+    for p, last in after:
+        assert last == (max(before.get(p, -1), offset) if p == partition else before[p])
+    if before.get(partition, -1) >= offset:
+        assert after is offsets  # nothing moved: the same tuple, so no new state value
