@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.frozen import fast_init
+
 
 class EventType(StrEnum):
     JOIN = "join"
@@ -22,6 +24,7 @@ class EventType(StrEnum):
     IDENTIFY = "identify"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UserRef:
     """A channel identity: which kind of id (openid, unionid, ...) and its keyed hash."""
@@ -30,6 +33,7 @@ class UserRef:
     id: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Join:
     kind: str  # follow | add_friend | join_group | register
@@ -37,11 +41,13 @@ class Join:
     referrer: UserRef | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Leave:
     kind: str  # unfollow | delete_friend | exit_group
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Purchase:
     order_id: str
@@ -51,6 +57,7 @@ class Purchase:
     place: str = "online"  # online | store
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Refund:
     order_id: str
@@ -58,18 +65,21 @@ class Refund:
     currency: str = "CNY"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Chat:
     direction: str  # inbound (customer wrote) | outbound (brand wrote)
     party: str  # customer | staff | bot
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Share:
     content_id: str
     invitee: UserRef | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Identify:
     identities: tuple[UserRef, ...]
@@ -78,6 +88,7 @@ class Identify:
 Payload = Join | Leave | Purchase | Refund | Chat | Share | Identify
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Touchpoint:
     """One touchpoint of one customer with one brand on one channel."""

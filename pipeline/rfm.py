@@ -11,6 +11,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.frozen import fast_init
+
 MS_PER_DAY = 86_400_000
 
 Bucket = tuple[int, int, int]  # (day since epoch, orders, amount_minor)
@@ -78,6 +80,7 @@ class RfmPolicy:
             raise ValueError(f"high_score must be within 1..5, got {self.high_score}")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RfmScores:
     r: int
@@ -112,6 +115,7 @@ def trim(buckets: tuple[Bucket, ...], today: int, window_days: int) -> tuple[Buc
     return tuple(b for b in buckets if b[0] >= first)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Window:
     """Orders and amount inside the RFM window ending on a day."""

@@ -27,6 +27,7 @@ from typing import Any, TypedDict, TypeVar
 from pipeline import lifecycle as lc
 from pipeline import rfm, rules, stages
 from pipeline.events import Chat, EventType, Join, Leave, Purchase, Refund, Share, Touchpoint
+from pipeline.frozen import fast_init
 from pipeline.identity import seed_of
 from pipeline.rfm import RfmPolicy
 
@@ -76,6 +77,7 @@ class Policy:
         return self.brand_rfm.get(brand, self.rfm)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Scores:
     """The R, F, M scores a change was decided on (0 where the person never bought)."""
@@ -88,6 +90,7 @@ class Scores:
 NO_SCORES = Scores()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Aggregates:
     """What a person did with a brand, as order-independent aggregates."""
@@ -132,6 +135,7 @@ class Aggregates:
         return self.last_join > self.last_leave
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Derived:
     """The person's segments: a pure function of aggregates, rules and the clock."""
@@ -144,6 +148,7 @@ class Derived:
     layers: tuple[LayerValue, ...] = ()  # in the rules' layer order
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PersonState:
     version: int = 0  # state writes (events and due times applied); orders rows in the store
@@ -184,6 +189,7 @@ class PersonState:
         return self.derived.tags
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SegmentChange:
     brand: str
