@@ -204,6 +204,26 @@ def test_add_purchase_keeps_one_sorted_bucket_per_day_with_the_totals(
     assert set(days) == {pd for pd, _, _ in purchases}
 
 
+sorted_buckets = st.dictionaries(
+    st.integers(0, 400), st.tuples(st.integers(-2, 5), st.integers(-500, 10_000)), max_size=40
+).map(lambda days: tuple((d, o, a) for d, (o, a) in sorted(days.items())))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sorted_buckets, st.integers(0, 420), st.integers(1, 400))
+def test_trim_and_window_count_exactly_the_days_inside_the_window(
+    buckets: tuple[rfm.Bucket, ...], today: int, window_days: int
+) -> None:
+    first = today - window_days + 1
+    trimmed = rfm.trim(buckets, today, window_days)
+    assert [b for b in buckets if b[0] >= first] == list(trimmed)
+    if all(b[0] >= first for b in buckets):
+        assert trimmed is buckets  # nothing left the window: the state keeps its tuple
+    w = rfm.window(buckets, today, RfmPolicy(window_days=window_days))
+    inside = [b for b in buckets if first <= b[0] <= today]
+    assert (w.orders, w.amount_minor) == (sum(o for _, o, _ in inside), sum(a for *_, a in inside))
+
+
 # -- segments -----------------------------------------------------------------------------
 
 
