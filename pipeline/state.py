@@ -146,6 +146,10 @@ class Derived:
     lifecycle: str | None = None
     tags: tuple[str, ...] = ()  # sorted
     layers: tuple[LayerValue, ...] = ()  # in the rules' layer order
+    # Cache of the RFM window's totals these were derived on (None: no purchase, or not
+    # known, e.g. decoded): a state carried forward keeps its window as it keeps its
+    # scores (`derive`). Not part of the value, never serialized.
+    window: rfm.Window | None = field(default=None, compare=False)
 
 
 @fast_init
@@ -420,14 +424,21 @@ def derive(
 
     Shortcuts for a state carried forward (the caller checked that they apply):
     `scored`, a Derived whose RFM scores, segment and lifecycle still hold for `a` at
-    `now` (same `_scoring_inputs`, no due time passed): they are taken from it; and
+    `now` (same `_scoring_inputs`, no due time passed): they are taken from it, and so is
+    its RFM window's totals when it has them (the buckets are the same and none left the
+    window: that would have been a due time); and
     `changed`, the only facts that differ from those `scored` was derived on: when the
     rules read none of them (nor a changed AIPL stage), `scored`'s tags and layers hold."""
     today = rfm.day_of(now)
     rp = policy.rfm_for(brand)
     book = policy.rules.for_brand(brand)
     history = a.purchase_history()
-    window = rfm.window(a.buckets, today, rp) if history is not None else None
+    window = None
+    if history is not None:
+        # carried forward: same buckets, no due time (a bucket leaving is one) since
+        window = scored.window if scored is not None else None
+        if window is None:
+            window = rfm.window(a.buckets, today, rp)
     if scored is not None:
         scores, segment, life = scored.scores, scored.rfm_segment, scored.lifecycle
     else:
@@ -444,9 +455,9 @@ def derive(
         if scored.aipl_stage != stage:
             changed = changed | {"aipl_stage"}
         if book.facts_used.isdisjoint(changed):
-            return Derived(scores, segment, stage, life, scored.tags, scored.layers)
+            return Derived(scores, segment, stage, life, scored.tags, scored.layers, window)
     tags, layers = book.evaluate(facts(a, scores, segment, stage, life, today, window))
-    return Derived(scores, segment, stage, life, tags, layers)
+    return Derived(scores, segment, stage, life, tags, layers, window)
 
 
 def _scoring_inputs(a: Aggregates) -> tuple[Any, ...]:
