@@ -362,7 +362,7 @@ STATE_LAYOUT = ObjectLayout(
         "layers": ("layer", "level"),
     },
     # Purchases and refunds change these; the other ~85 % of events keep the same tuples,
-    # which the next batch writes again (docs/benchmarks.md, "What changed in ...").
+    # which the next batch writes again (docs/benchmarks.md, "What changed in 5088a57-2f3dc50").
     memoized=frozenset({"buckets", "recent_orders"}),
 )
 
