@@ -13,9 +13,10 @@ processed, the time it was taken (`time_in`, which the processing-latency metric
 and the acknowledgement after the work is done. Faust's Monitor sensor no longer sees
 these messages; touchflow exposes none of its counters.
 
-Delivery, flow control, pausing a partition whose buffer is full, and clearing the
-buffers on a rebalance stay Faust's: the conductor puts each message in the buffer of a
-`RawTopic` channel as it would an event.
+Flow control, pausing a partition whose buffer is full, and clearing the buffers on a
+rebalance stay Faust's. The worker's fetch loop puts each fetched batch of a partition in
+the buffer of its `RawTopic` channel at once (agents.bulk_delivery); anywhere else (these
+tests, a client-only app) Faust's conductor puts each message there as it would an event.
 """
 
 from __future__ import annotations

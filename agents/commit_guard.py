@@ -24,14 +24,15 @@ reaches a delivered message that is not acknowledged (Faust tracks those, weakly
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from agents.bulk_delivery import BulkDeliveryMixin
 from agents.consumer_tuning import TunedConsumerThread
 from agents.fast_delivery import FastDeliveryMixin
-from agents.fetch_partitions import dropped_stream_records, fetchable
+from agents.fetch_partitions import fetchable
 
 
 def next_commit(acked: Iterable[int], committed: int | None, unfinished: int | None) -> int | None:
@@ -69,14 +70,14 @@ def real_gap(offset_from: int, offset_to: int, delivered_before_seek: int | None
     return range(offset_from, offset_to)
 
 
-class GuardedCommitConsumer(FastDeliveryMixin, faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka consumer with `real_gap` and `next_commit` deciding commits (and
-    each fetched message delivered without new tasks when it can be: agents.fast_delivery)."""
+class GuardedCommitConsumer(BulkDeliveryMixin, FastDeliveryMixin, faust_aiokafka.Consumer):  # type: ignore[misc]
+    """Faust's aiokafka consumer with `real_gap` and `next_commit` deciding commits; the
+    hot topics' fetched batches delivered in one step (agents.bulk_delivery), the other
+    messages without new tasks when they can be (agents.fast_delivery)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered_before_seek: dict[Any, int] = {}
-        self._last_fetch: Any = None  # the records `_getmany` last returned
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -97,38 +98,7 @@ class GuardedCommitConsumer(FastDeliveryMixin, faust_aiokafka.Consumer):  # type
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         # Never Faust's bare set: aiokafka reads an empty one as "every partition".
-        records = await super()._getmany(fetchable(active_partitions), timeout)
-        self._last_fetch = records
-        return records
-
-    async def getmany(self, timeout: float) -> AsyncIterator[Any]:
-        """Faust's, and a warning for any fetched stream record it drops (there should be
-        none: agents/fetch_partitions.py); such a record is never fetched again."""
-        self._last_fetch = None
-        generation = self.app.consumer_generation_id
-        delivered = 0
-        async for item in super().getmany(timeout):
-            delivered += 1
-            yield item
-        fetched = self._last_fetch
-        if (
-            fetched
-            and delivered < sum(map(len, fetched.values()))
-            and self.flow_active
-            and generation == self.app.consumer_generation_id
-        ):
-            dropped = dropped_stream_records(
-                fetched,
-                self._get_active_partitions(),
-                self._buffered_partitions,
-                self._is_changelog_tp,
-            )
-            for tp, (first, last, count) in dropped.items():
-                self.log.warning(
-                    "Fetched %d records of %s (offsets %d..%d) while it was paused, and "
-                    "dropped them: they will not be processed (agents/fetch_partitions.py)",
-                    count, tp, first, last,
-                )  # fmt: skip
+        return await super()._getmany(fetchable(active_partitions), timeout)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:

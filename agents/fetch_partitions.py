@@ -59,7 +59,7 @@ def dropped_stream_records(
     With `FetchablePartitions` there should be none while the generation and the flow
     stay the same: a fetch only returns active partitions, and Faust pauses a stream
     partition only when a rebalance starts (whose recovery seeks it back). A dropped
-    record is never fetched again, so the worker logs any it sees (agents.commit_guard).
+    record is never fetched again, so the worker logs any it sees (agents.bulk_delivery).
     Changelog partitions are left out: Faust pauses them when a recovery has read them,
     and the next recovery seeks them."""
     return {

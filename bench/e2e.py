@@ -140,7 +140,7 @@ async def _wait(
 def liveness(p: subprocess.Popen[bytes], log: Path) -> Callable[[], None]:
     def check() -> None:
         if p.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
             raise RuntimeError(f"{log.stem} exited with {p.returncode}:\n{tail}")
 
     return check

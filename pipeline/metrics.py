@@ -116,6 +116,14 @@ PEOPLE_IN_STATE = Gauge(
     "(brand, person) states held by this worker (its active partitions).",
     registry=WORKER,
 )
+FETCHED_RECORDS = Counter(
+    "touchflow_fetched_records_total",
+    "Records the worker's fetch loop handed to its agents, by topic and by how: `bulk`, a "
+    "partition's fetched batch at once (agents.bulk_delivery), or `per_message`, through "
+    "Faust's conductor (changelogs, topics with several readers).",
+    ["topic", "delivery"],
+    registry=WORKER,
+)
 DUE_INDEX_BACKLOG = Gauge(
     "touchflow_due_index_backlog",
     "Entries in the workers' due-time index (people with a time-based change ahead).",
@@ -244,6 +252,7 @@ _rejected = _Children(EVENTS_REJECTED)
 _dead_lettered = _Children(EVENTS_DEAD_LETTERED)
 _changes = _Children(SEGMENT_CHANGES)
 _lag = _Children(CONSUMER_LAG)
+_fetched = _Children(FETCHED_RECORDS)
 _sink_rows = _Children(SINK_ROWS)
 _sink_batches = _Children(SINK_BATCHES)
 _sink_failures = _Children(SINK_INSERT_FAILURES)
@@ -314,6 +323,11 @@ def event_processed(started_monotonic: float | None) -> None:
     """An accepted event is done; `started_monotonic` is when the worker fetched it."""
     if started_monotonic is not None:
         PROCESSING_LATENCY.observe(max(0.0, time.monotonic() - started_monotonic))
+
+
+def fetched(topic: str, delivery: str, n: int) -> None:
+    """`n` fetched records of `topic` were delivered, `bulk` or `per_message`."""
+    _fetched(topic, delivery).inc(n)
 
 
 def consumer_lag(topic: str, lag: Mapping[int, int]) -> None:

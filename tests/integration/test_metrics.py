@@ -160,6 +160,12 @@ async def test_worker_and_sink_metrics_count_what_was_sent(
     assert age_7d == 0
     assert value(s, "touchflow_processing_latency_seconds_count") == len(accepted)
 
+    # Every record of the events topic reached the agent once, in fetched batches
+    # (agents.bulk_delivery), none through Faust's per-message conductor.
+    fetched = by_labels(s, "touchflow_fetched_records_total", "topic", "delivery")
+    assert fetched.get((settings.events_topic, "bulk")) == len(events)
+    assert (settings.events_topic, "per_message") not in fetched
+
     # Gauges: three (brand, person) states.
     assert value(s, "touchflow_people_in_state") == 3
     assert lag_of(s) == caught_up  # lag per assigned partition, both back to 0
