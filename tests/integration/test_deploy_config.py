@@ -80,6 +80,9 @@ EXPECTED_METRICS = [
     "touchflow_webhook_requests_total",
     "touchflow_webhook_request_seconds",
     "touchflow_webhook_throttled_total",
+    # Added with bulk delivery (agents/bulk_delivery.py):
+    #   touchflow_fetched_records_total  counter  topic, delivery (bulk | per_message)
+    "touchflow_fetched_records_total",
     "up",
 ]
 HISTOGRAMS = {
