@@ -1,8 +1,8 @@
 """Parts 3 and 5 of the benchmark: the real local stack (Tansu broker, one `touchflow
-worker` process, the ClickHouse sink on chDB in this process, the latency probe in one of
-its own: bench.latency_probe), and in the same run the
-yardsticks: a plain Faust worker (bench.baseline_faust) on the same broker and events,
-and the RFM computed as one ClickHouse SQL batch over the stored events."""
+worker` process, the ClickHouse sink on chDB in this process, the latency probe in a
+process of its own: bench.latency_probe), and in the same run the yardsticks: a plain
+Faust worker (bench.baseline_faust) on the same broker and events, and the RFM computed
+as one ClickHouse SQL batch over the stored events."""
 
 from __future__ import annotations
 
