@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bench import inprocess, workload
+from bench.latency_probe import PUBLISH_LINGER_MS
 from pipeline.codec import Codecs
 from pipeline.rfm import MS_PER_DAY
 from pipeline.settings import Settings
@@ -75,6 +76,12 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2e-events", type=int, help="events published in the throughput run")
     p.add_argument("--rate", type=float, help="offered load of the latency run, events/s")
     p.add_argument("--latency-seconds", type=float, help="length of the latency run")
+    p.add_argument(
+        "--probe-linger-ms",
+        type=int,
+        default=PUBLISH_LINGER_MS,
+        help="the latency probe's producer linger (0: a batch per send, as before 2026-12-05)",
+    )
     p.add_argument(
         "--memory-people", type=int, help="people a worker recovers for the memory figure"
     )
@@ -147,7 +154,9 @@ def end_to_end(a: argparse.Namespace, settings: Settings, logs: Path) -> dict[st
             lat = workload.build(
                 n_latency, a.people, key, now - 30 * MS_PER_DAY, 29, seed=10 + i, id_prefix="lat"
             )
-            run = asyncio.run(e2e.run(settings, warm, tput, lat, a.rate, logs, broker))
+            run = asyncio.run(
+                e2e.run(settings, warm, tput, lat, a.rate, logs, broker, a.probe_linger_ms)
+            )
             print(
                 f"  e2e run {i + 1}: "
                 + json.dumps({k: round(v, 1) for k, v in run.items() if isinstance(v, float)})

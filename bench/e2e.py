@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.baseline_faust import touch_json
 from bench.inprocess import rss_bytes
-from bench.latency_probe import Job, write_job
+from bench.latency_probe import PUBLISH_LINGER_MS, Job, write_job
 from bench.workload import Workload
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.codec import Codecs
@@ -167,6 +167,7 @@ async def _latency(
     codecs: Codecs,
     logs: Path,
     alive: Callable[[], None],
+    linger_ms: int,
 ) -> dict[str, Any]:
     """Publish `w` at `rate` events/s and time each event to the first segment change it
     caused, from a process of its own (bench.latency_probe: this one runs the sink)."""
@@ -188,6 +189,7 @@ async def _latency(
             rate=rate,
             records=records,
             settings=settings.model_dump(mode="json", exclude={"pii_key"}),
+            linger_ms=linger_ms,
         ),
     )
     result_file.unlink(missing_ok=True)
@@ -216,6 +218,7 @@ async def run(
     latency_rate: float,
     logs: Path,
     broker: EmbeddedBroker,
+    probe_linger_ms: int = PUBLISH_LINGER_MS,
 ) -> dict[str, Any]:
     """One end-to-end run on fresh topics, group and database; returns its figures."""
     settings = fresh_settings(settings, broker, "bench")
@@ -271,7 +274,9 @@ async def run(
         )
 
         # Latency at a fixed offered load, the sink still storing alongside.
-        out.update(await _latency(settings, latency, latency_rate, codecs, logs, alive))
+        out.update(
+            await _latency(settings, latency, latency_rate, codecs, logs, alive, probe_linger_ms)
+        )
 
         # Batch yardstick: the same RFM as one SQL query over the stored events.
         policy = settings.policy().rfm

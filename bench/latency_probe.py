@@ -36,6 +36,13 @@ from pipeline.settings import Settings
 # Tansu holds a fetch for its whole max wait even when records are there, so the aiokafka
 # default (500 ms) would add up to that to every sample.
 FETCH_WAIT_MS = 50
+# The probe publishes like a channel service: the producer lingers a few ms to batch
+# (pipeline.sdk lingers 20 ms), and the linger counts in each sample, as the clock starts
+# before send(). Unbatched (linger 0), 5 000 ev/s wrote a record batch of a few events
+# every few ms per partition, and Tansu's fetch cost grows with the batches a partition
+# holds: its CPU went 18 -> 94 % in 20 s and p99 rose to 1.3 s (bench.broker_fetch_cost
+# --linger-ms, docs/benchmarks.md "What changed in ...").
+PUBLISH_LINGER_MS = 5
 STALL_TICK = 0.01  # the probe's loop is sampled with sleeps of this length
 DRAIN_TIMEOUT = 600.0
 
@@ -49,6 +56,7 @@ class Job:
     rate: float
     records: Sequence[tuple[bytes, bytes, str]]  # key, Avro value, event id
     settings: dict[str, Any]  # the worker's settings (JSON), to know when it is done
+    linger_ms: int = PUBLISH_LINGER_MS
 
 
 def write_job(path: Path, job: Job) -> None:
@@ -99,7 +107,9 @@ async def probe(job: Job, done: Done, settle: float = 1.0) -> dict[str, Any]:
             stalls.append((time.monotonic() - began - STALL_TICK) * 1000)
 
     tasks = [asyncio.create_task(consume()), asyncio.create_task(watch_loop())]
-    producer = AIOKafkaProducer(bootstrap_servers=job.bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=job.bootstrap, acks="all", linger_ms=job.linger_ms
+    )
     await producer.start()
     records = job.records
     ends: dict[TopicPartition, int] = {}
@@ -160,6 +170,7 @@ async def probe(job: Job, done: Done, settle: float = 1.0) -> dict[str, Any]:
         "offered_load_events_per_s": len(records) / offered_seconds,
         "latency_events": len(records),
         "latency_samples": len(latencies),
+        "latency_publish_linger_ms": job.linger_ms,
         "latency_p50_ms": percentile(latencies, 0.50),
         "latency_p99_ms": percentile(latencies, 0.99),
         "latency_max_ms": max(latencies),
