@@ -31,18 +31,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.codec import Codecs
 from pipeline.demo import wait_processed
+from pipeline.sdk import PUBLISH_LINGER_MS
 from pipeline.settings import Settings
 
 # Tansu holds a fetch for its whole max wait even when records are there, so the aiokafka
 # default (500 ms) would add up to that to every sample.
 FETCH_WAIT_MS = 50
-# The probe publishes like a channel service: the producer lingers a few ms to batch
-# (pipeline.sdk lingers 20 ms), and the linger counts in each sample, as the clock starts
-# before send(). Unbatched (linger 0), 5 000 ev/s wrote a record batch of a few events
-# every few ms per partition, and Tansu's fetch cost grows with the batches a partition
-# holds: its CPU went 18 -> 94 % in 20 s and p99 rose to 1.3 s (bench.broker_fetch_cost
-# --linger-ms, docs/benchmarks.md "What changed in ...").
-PUBLISH_LINGER_MS = 5
+# The probe publishes as a channel service does through pipeline.sdk: sends batched for
+# up to PUBLISH_LINGER_MS (20 ms), which counts in each sample, as the clock starts before
+# send(). Unbatched (linger 0, as before 2026-12-05), 5 000 ev/s wrote a record batch of a
+# few events every few ms per partition, and Tansu's fetch cost grows with the batches a
+# partition holds: its CPU went 18 -> 94 % in 20 s and p99 rose to 1.3 s
+# (bench.broker_fetch_cost --linger-ms; docs/benchmarks.md, "What changed in 4578eed").
 STALL_TICK = 0.01  # the probe's loop is sampled with sleeps of this length
 DRAIN_TIMEOUT = 600.0
 
