@@ -20,9 +20,9 @@ from typing import Any
 from pydantic import SecretStr
 
 from bench import inprocess, workload
-from bench.latency_probe import PUBLISH_LINGER_MS
 from pipeline.codec import Codecs
 from pipeline.rfm import MS_PER_DAY
+from pipeline.sdk import PUBLISH_LINGER_MS
 from pipeline.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

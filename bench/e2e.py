@@ -24,11 +24,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.baseline_faust import touch_json
 from bench.inprocess import rss_bytes
-from bench.latency_probe import PUBLISH_LINGER_MS, Job, write_job
+from bench.latency_probe import Job, write_job
 from bench.workload import Workload
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.codec import Codecs
 from pipeline.demo import stop_process, topic_ends, wait_caught_up, wait_processed
+from pipeline.sdk import PUBLISH_LINGER_MS
 from pipeline.settings import Settings
 from sinks.rfm_sql import rfm_scores_query
 from sinks.writer import ClickHouseSink
