@@ -29,7 +29,6 @@ from bench.workload import Workload
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.codec import Codecs
 from pipeline.demo import stop_process, topic_ends, wait_caught_up, wait_processed
-from pipeline.sdk import PUBLISH_LINGER_MS
 from pipeline.settings import Settings
 from sinks.rfm_sql import rfm_scores_query
 from sinks.writer import ClickHouseSink
@@ -219,7 +218,7 @@ async def run(
     latency_rate: float,
     logs: Path,
     broker: EmbeddedBroker,
-    probe_linger_ms: int = PUBLISH_LINGER_MS,
+    probe_linger_ms: int,
 ) -> dict[str, Any]:
     """One end-to-end run on fresh topics, group and database; returns its figures."""
     settings = fresh_settings(settings, broker, "bench")

@@ -157,16 +157,16 @@ async def probe(job: Job, done: Done, settle: float = 1.0) -> dict[str, Any]:
         await asyncio.gather(*tasks)
         await producer.stop()
         await consumer.stop()
-    latencies = [(arrived[eid] - at) * 1000 for eid, at in sent.items() if eid in arrived]
-    if not latencies:
+    timed = [(at, (arrived[eid] - at) * 1000) for eid, at in sent.items() if eid in arrived]
+    if not timed:
         raise RuntimeError("latency probe: no segment change arrived")
+    latencies = [ms for _, ms in timed]
     # p99 of the events sent in each second of the run: flat if the pipeline keeps up,
     # rising if it queues.
     first = min(sent.values())
     by_second: dict[int, list[float]] = {}
-    for eid, at in sent.items():
-        if eid in arrived:
-            by_second.setdefault(int(at - first), []).append((arrived[eid] - at) * 1000)
+    for at, ms in timed:
+        by_second.setdefault(int(at - first), []).append(ms)
     return {
         "offered_load_events_per_s": len(records) / offered_seconds,
         "latency_events": len(records),
