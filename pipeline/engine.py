@@ -70,6 +70,16 @@ class PartitionEngine:
         if due != core.DUE_NEVER:
             heapq.heappush(self._due, (due, key))
 
+    def rescheduled(self, key: bytes, old: core.PersonState | None, new: core.PersonState) -> None:
+        """`schedule` the state `new` that replaced `old` under `key`, unless it is due
+        when `old` was: `old`'s entry is in the index already, since every state with a
+        known due time was scheduled when it was derived (here, or by the merge in
+        agents.identity) and every recovered one when the index was built. Most events
+        leave the due time where it was (chats, shares, a purchase on a day already
+        counted); pushing it again would leave a stale entry for `fire_due` to skip."""
+        if old is None or old.due != new.due or new.due == core.DUE_UNKNOWN:
+            self.schedule(key, new)
+
     def index(self, items: Iterable[tuple[bytes, core.PersonState]]) -> None:
         """(Re)build the due-time index, e.g. from a recovered table."""
         self._due.clear()
@@ -125,7 +135,9 @@ class PartitionEngine:
         wm = self.watermark
         assert wm is not None
         out.late = t < wm
-        out.changes += self.fire_due(wm, out.written)
+        due = self._due
+        if due and due[0][0] <= wm:  # most events find nothing due: no call, no list
+            out.changes += self.fire_due(wm, out.written)
         # The brand's own view, then each brand group's (cross-brand) view of the person.
         for brand in (event.brand, *self.policy.groups_of(event.brand)):
             own = brand == event.brand
@@ -153,9 +165,9 @@ class PartitionEngine:
         if core.is_duplicate(old, event):
             out.duplicate = True
             return
-        new, changes = core.apply(old, event, person_id, self.policy, offset, source)
+        new, changes = core.apply_new(old, event, person_id, self.policy, offset, source)
         self.store[key] = new
-        self.schedule(key, new)
+        self.rescheduled(key, old, new)
         out.written.append(key)
         out.changes += changes
         referrer = core.referral_conversion(old, new, event, self.policy)
@@ -172,7 +184,7 @@ class PartitionEngine:
             return
         new, changes = core.apply_referral(old, brand, referrer, invitee, at, self.policy)
         self.store[key] = new
-        self.schedule(key, new)
+        self.rescheduled(key, old, new)
         out.written.append(key)
         out.changes += changes
 

@@ -20,6 +20,7 @@ days), so `next_due` is the start of the next day on which something may change.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypedDict, TypeVar
@@ -488,7 +489,15 @@ _OTHER_FACTS = (
 )
 
 
+_other_facts_of = operator.attrgetter(*_OTHER_FACTS)
+_NONE_CHANGED: frozenset[str] = frozenset()
+
+
 def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
+    # one tuple compare in C first: most events move none of these (a purchase, a chat
+    # from a brand's staff) or one, and the per-name walk is only needed for which
+    if _other_facts_of(a) == _other_facts_of(b):
+        return _NONE_CHANGED
     return frozenset([n for n in _OTHER_FACTS if getattr(a, n) != getattr(b, n)])
 
 
@@ -570,15 +579,20 @@ def _changes(
         b, a = getattr(before, dim), getattr(after, dim)
         if b != a:
             moves.append((dim, b, a, _rule_of(dim, after, agg, brand, policy)))
-    for tag in sorted(set(before.tags) - set(after.tags)):
-        moves.append(("tag", tag, None, book.explain_tag(tag).replace("tag:", "untag:", 1)))
-    for tag in sorted(set(after.tags) - set(before.tags)):
-        moves.append(("tag", None, tag, book.explain_tag(tag)))
-    old_layers, new_layers = dict(before.layers), dict(after.layers)
-    for layer in sorted(old_layers.keys() | new_layers.keys()):
-        b, a = old_layers.get(layer), new_layers.get(layer)
-        if b != a:
-            moves.append((f"layer:{layer}", b, a, book.explain_level(layer, a)))
+    # Most changes move a segment, stage or lifecycle only: the tag and layer diffs (sets,
+    # dicts and sorts) are built only when those tuples differ.
+    if before.tags != after.tags:
+        old_tags, new_tags = set(before.tags), set(after.tags)
+        for tag in sorted(old_tags - new_tags):
+            moves.append(("tag", tag, None, book.explain_tag(tag).replace("tag:", "untag:", 1)))
+        for tag in sorted(new_tags - old_tags):
+            moves.append(("tag", None, tag, book.explain_tag(tag)))
+    if before.layers != after.layers:
+        old_layers, new_layers = dict(before.layers), dict(after.layers)
+        for layer in sorted(old_layers.keys() | new_layers.keys()):
+            b, a = old_layers.get(layer), new_layers.get(layer)
+            if b != a:
+                moves.append((f"layer:{layer}", b, a, book.explain_level(layer, a)))
     return [
         SegmentChange(
             brand=brand,
@@ -725,6 +739,19 @@ def apply(
     """
     if state is not None and (is_duplicate(state, event) or is_forwarded_again(state, source)):
         return state, []
+    return apply_new(state, event, person_id, policy, offset, source)
+
+
+def apply_new(
+    state: PersonState | None,
+    event: Touchpoint,
+    person_id: str,
+    policy: Policy,
+    offset: int = -1,
+    source: Source | None = None,
+) -> tuple[PersonState, list[SegmentChange]]:
+    """`apply` for an event the caller has already found to be neither a duplicate nor
+    forwarded again (the engine checks both itself, to count them)."""
     t = event.occurred_at
     if state is None:
         state = PersonState(as_of=t, agg=Aggregates(first_seen=t, last_seen=t))

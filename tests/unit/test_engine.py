@@ -253,6 +253,21 @@ def test_stale_due_entries_are_skipped_when_an_event_moved_the_persons_due_time(
     assert engine.store[b"lumi:pa"].scores.r == 5
 
 
+def test_events_that_leave_the_due_time_alone_add_no_index_entries_and_time_still_fires() -> None:
+    policy = replace(POLICY, rules=compile_rules({}))
+    engine = PartitionEngine(policy, {}, allowed_lateness_ms=0)
+    engine.on_event(_ev("b1", "pa", EventType.PURCHASE, Purchase("o1", 30_000), T0), "pa")
+    due = engine.store[b"lumi:pa"].due
+    for i in range(10):  # the brand's own messages: nothing the clock depends on moves
+        at = T0 + i * HOUR
+        engine.on_event(_ev(f"m{i}", "pa", EventType.CHAT, Chat("outbound", "staff"), at), "pa")
+    assert engine.store[b"lumi:pa"].due == due
+    assert engine.backlog == 1
+    out = engine.on_event(_ev("x", "pb", EventType.CHAT, Chat("outbound", "bot"), due), "pb")
+    assert b"lumi:pa" in out.written  # the one entry fired: pa's state moved to its due time
+    assert engine.store[b"lumi:pa"].as_of == due
+
+
 def test_redelivered_offsets_and_duplicate_event_ids_are_reported_and_change_nothing() -> None:
     engine = PartitionEngine(POLICY, {}, allowed_lateness_ms=0)
     buy = _ev("b1", "pa", EventType.PURCHASE, Purchase("o1", 30_000), T0)
