@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.frozen import fast_init
+
 
 class Lifecycle(StrEnum):
     NEW = "new"
@@ -76,6 +78,7 @@ class LifecyclePolicy:
             raise ValueError("new_days and won_back_days must be >= 1")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PurchaseHistory:
     """What the lifecycle needs, all order-independent aggregates (min, max, counts)."""
