@@ -76,8 +76,10 @@ class PartitionEngine:
         known due time was scheduled when it was derived (here, or by the merge in
         agents.identity) and every recovered one when the index was built. Most events
         leave the due time where it was (chats, shares, a purchase on a day already
-        counted); pushing it again would leave a stale entry for `fire_due` to skip."""
-        if old is None or old.due != new.due or new.due == core.DUE_UNKNOWN:
+        counted); pushing it again would leave a stale entry for `fire_due` to skip. (`new`
+        comes from `state._recompute`, whose due time is always known; an `old` decoded
+        from the changelog has none, so it always differs.)"""
+        if old is None or old.due != new.due:
             self.schedule(key, new)
 
     def index(self, items: Iterable[tuple[bytes, core.PersonState]]) -> None:
