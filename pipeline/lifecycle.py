@@ -12,6 +12,7 @@ every 10 days is at risk sooner than one who buys every 80 days.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -120,19 +121,23 @@ def lifecycle(h: PurchaseHistory | None, today: int, policy: LifecyclePolicy) ->
     return Lifecycle.ACTIVE
 
 
-def rule_of(stage: Lifecycle | None, h: PurchaseHistory | None, policy: LifecyclePolicy) -> str:
-    """The rule that put a customer in `stage`, as it appears on a segment change."""
+# The threshold each stage's rule names, as text; only the stage at hand's is built.
+_THRESHOLDS: dict[str, Callable[[PurchaseHistory, LifecyclePolicy], str]] = {
+    Lifecycle.CHURNED: lambda h, p: f"gap>={p.churned_days}d",
+    Lifecycle.DORMANT: lambda h, p: f"gap>={p.dormant_days}d",
+    Lifecycle.AT_RISK: lambda h, p: f"gap>={at_risk_after(h, p)}d",
+    Lifecycle.WON_BACK: lambda h, p: f"returned_after>={p.dormant_days}d",
+    Lifecycle.NEW: lambda h, p: f"first_order<{p.new_days}d",
+    Lifecycle.ACTIVE: lambda h, p: f"gap<{at_risk_after(h, p)}d",
+}
+
+
+def rule_of(stage: str | None, h: PurchaseHistory | None, policy: LifecyclePolicy) -> str:
+    """The rule that put a customer in `stage` (a `Lifecycle`, or its value as a state
+    holds it), as it appears on a segment change."""
     if stage is None or h is None:
         return "lifecycle:never_purchased"
-    thresholds = {
-        Lifecycle.CHURNED: f"gap>={policy.churned_days}d",
-        Lifecycle.DORMANT: f"gap>={policy.dormant_days}d",
-        Lifecycle.AT_RISK: f"gap>={at_risk_after(h, policy)}d",
-        Lifecycle.WON_BACK: f"returned_after>={policy.dormant_days}d",
-        Lifecycle.NEW: f"first_order<{policy.new_days}d",
-        Lifecycle.ACTIVE: f"gap<{at_risk_after(h, policy)}d",
-    }
-    return f"lifecycle:{stage.value}/{thresholds[stage]}"
+    return f"lifecycle:{stage}/{_THRESHOLDS[stage](h, policy)}"
 
 
 def transition_days(h: PurchaseHistory | None, policy: LifecyclePolicy) -> tuple[int, ...]:

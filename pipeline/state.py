@@ -510,9 +510,7 @@ def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) ->
         return f"rfm:R{sc.r}F{sc.f}M{sc.m}/high>={policy.rfm_for(brand).high_score}"
     if dim == "aipl_stage":
         return f"aipl:{d.aipl_stage}"
-    history = a.purchase_history()
-    life = lc.Lifecycle(d.lifecycle) if d.lifecycle is not None else None
-    return lc.rule_of(life, history, policy.lifecycle)
+    return lc.rule_of(d.lifecycle, a.purchase_history(), policy.lifecycle)
 
 
 def next_due(s: PersonState, brand: str, policy: Policy) -> int | None:

@@ -82,6 +82,26 @@ def test_a_customer_returning_after_dormancy_is_won_back_then_active() -> None:
 
 
 @pytest.mark.parametrize(
+    ("stage", "threshold"),
+    [
+        (Lifecycle.CHURNED, "gap>=240d"),
+        (Lifecycle.DORMANT, "gap>=120d"),
+        (Lifecycle.AT_RISK, "gap>=14d"),  # the weekly buyer's own rhythm, not the fixed 60
+        (Lifecycle.WON_BACK, "returned_after>=120d"),
+        (Lifecycle.NEW, "first_order<30d"),
+        (Lifecycle.ACTIVE, "gap<14d"),
+    ],
+)
+def test_each_stage_names_its_own_threshold_whether_given_as_a_stage_or_its_value(
+    stage: Lifecycle, threshold: str
+) -> None:
+    weekly = PurchaseHistory(orders=5, first_day=100, last_day=128, previous_day=121)
+    expected = f"lifecycle:{stage.value}/{threshold}"
+    assert rule_of(stage, weekly, P) == expected
+    assert rule_of(str(stage.value), weekly, P) == expected  # as a decoded state holds it
+
+
+@pytest.mark.parametrize(
     "kwargs",
     [
         {"at_risk_days": 120},
