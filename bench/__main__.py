@@ -92,8 +92,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     a = p.parse_args(argv)
     # The throughput run is long enough (~14 s here) that what every run pays once (the
-    # first fetch, the last offset commit, the sink's last flush: ~1.6 s together) is a
-    # small part of it; at 30 000 events it was a third, which understated the sustained
+    # first fetch, the last offset commit, the sink's last flush: ~1.2 s together) is a
+    # small part of it; at 30 000 events it was ~27 %, which understated the sustained
     # rate of the faster of the two workers the most (docs/benchmarks.md, "Run length").
     # Its population grows with it, so the mix (new people per event) stays as it was.
     full = dict(repeats=3, e2e_runs=3, events=40_000, people=20_000, e2e_events=120_000,
