@@ -6,7 +6,7 @@ from typing import Any
 
 import faust
 
-from agents import lag, lookup, segmentation, web
+from agents import collector, lag, lookup, segmentation, web
 from agents.broker_compat import TrueEndConsumer
 from agents.commit_guard import GuardedCommitConsumer
 from agents.partitioner import CachedPartitioner
@@ -28,11 +28,19 @@ class TouchflowApp(faust.App):  # type: ignore[misc]
         *args: Any,
         tansu_compat: bool = False,
         fetch_max_wait_ms: int | None = None,
+        freeze_after_recovery: bool = False,
         **kwargs: Any,
     ) -> None:
         self.tansu_compat = tansu_compat
         self.fetch_max_wait_ms = fetch_max_wait_ms  # agents.consumer_tuning
+        self.freeze_after_recovery = freeze_after_recovery  # agents.collector
         super().__init__(*args, **kwargs)
+
+    def on_rebalance_end(self) -> None:
+        """Recovery has ended (Faust calls this just before it logs "Worker ready")."""
+        super().on_rebalance_end()
+        if self.freeze_after_recovery:
+            collector.settle()
 
     def _new_transport(self) -> Any:
         transport = super()._new_transport()
@@ -76,6 +84,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> TouchflowApp
         settings.app_id,
         tansu_compat=settings.tansu_compat,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        freeze_after_recovery=settings.gc_freeze_after_recovery,
         broker=faust_broker_url(bootstrap),
         broker_credentials=faust_credentials(settings),
         store="memory://",

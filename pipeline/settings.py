@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     # its states are written to the changelog (docs/reliability.md).
     worker_batch_events: int = Field(default=500, ge=1)
     worker_batch_seconds: float = Field(default=0.05, gt=0)
+    # The worker's cyclic garbage collector (agents.collector): a young collection every
+    # this many allocations (0: Python's own 700), and what is alive once a recovery
+    # ends frozen out of later collections (a full one walks every state: ~1.3 s at 1M).
+    gc_young_threshold: int = Field(default=10_000, ge=0)
+    gc_freeze_after_recovery: bool = True
     # A worker that died unannounced (kill -9, lost node) holds its partitions this long
     # before the group gives them to others (Faust's broker_session_timeout).
     worker_session_timeout_seconds: float = Field(default=60.0, ge=6)
