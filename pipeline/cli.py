@@ -34,10 +34,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from agents import collector
-    from pipeline.app import create_app
 
     settings = _settings()
-    collector.tune(settings.gc_young_threshold)
+    collector.tune(settings.gc_young_threshold)  # before Faust's imports allocate
+
+    from pipeline.app import create_app
+
     app = create_app(settings)
     # No --web-port: the app has it, and Faust's option would reset canonical_url (the
     # URL other workers forward lookups to, Settings.web_url) to http://<hostname>:<port>.
