@@ -21,7 +21,8 @@ before):
   is processed. Frozen, the recovered states are not walked again; a state replaced
   later is still freed by its reference count. What it costs: a cycle that is alive at
   that moment and dies later is never collected (no state forms one; Faust's and
-  aiokafka's long-lived objects are made once), once per recovery.
+  aiokafka's long-lived objects are mostly made once, at start), once per recovery. A
+  later recovery's collection walks only what was made since the last freeze.
 """
 
 from __future__ import annotations
