@@ -243,9 +243,10 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
         await drain()
         if await clocks.checkpoint():
             await drain()
-        for m, out, processed in batch:
-            for change in out.changes:  # a message not processed may carry a reassessment's
-                metrics.segment_change(change, m.timestamp)
+        # A message not processed may carry a reassessment's changes.
+        metrics.segment_changes((c, m.timestamp) for m, out, _ in batch for c in out.changes)
+        metrics.events_processed(m.time_in for m, _, processed in batch if processed)
+        for _, out, processed in batch:
             if not processed:
                 continue
             if out.duplicate:
@@ -254,7 +255,6 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 metrics.late_event()
             if out.redelivered:
                 metrics.redelivered_skipped()
-            metrics.event_processed(m.time_in)
         batch.clear()
 
     async def segmentation(stream: faust.StreamT) -> None:

@@ -3,12 +3,14 @@ tests/integration/test_metrics.py)."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
 
 from agents.web import clickhouse_check, clickhouse_ping_url, readiness
 from pipeline import metrics
@@ -76,6 +78,72 @@ def test_segment_change_counts_and_observes_both_latencies() -> None:
     assert sample("touchflow_emit_latency_seconds_bucket", le="1.0") == emit_le_1 + 1
     assert sample("touchflow_event_age_seconds_bucket", le="60.0") == age_le_60 + 1
     assert sample("touchflow_event_age_seconds_bucket", le="10.0") == age_le_10
+
+
+def test_a_batch_of_changes_counts_and_observes_each_change() -> None:
+    moved = {"dimension": "lifecycle", "from_value": "active", "to_value": "at_risk"}
+    first = {"dimension": "lifecycle", "from_value": "none", "to_value": "new"}
+    before = {
+        k: sample("touchflow_segment_changes_total", **v) for k, v in [("m", moved), ("f", first)]
+    }
+    emit_count = sample("touchflow_emit_latency_seconds_count")
+    emit_le_01 = sample("touchflow_emit_latency_seconds_bucket", le="0.1")
+    age_le_1 = sample("touchflow_event_age_seconds_bucket", le="1.0")
+    age_count = sample("touchflow_event_age_seconds_count")
+
+    sent = [  # now = 2 000 s: emitted 0.05 s, 0.5 s and (no timestamp) not at all
+        (Change("lifecycle", "active", "at_risk", event_time=1_999_500), 1_999.95),
+        (Change("lifecycle", "active", "at_risk", event_time=1_000_000), 1_999.5),
+        (Change("lifecycle", None, "new", event_time=2_000_000), None),
+    ]
+    metrics.segment_changes(sent, clock=lambda: 2_000.0)
+
+    assert sample("touchflow_segment_changes_total", **moved) == before["m"] + 2
+    assert sample("touchflow_segment_changes_total", **first) == before["f"] + 1
+    assert sample("touchflow_emit_latency_seconds_count") == emit_count + 2
+    assert sample("touchflow_emit_latency_seconds_bucket", le="0.1") == emit_le_01 + 1
+    assert sample("touchflow_event_age_seconds_count") == age_count + 3
+    assert sample("touchflow_event_age_seconds_bucket", le="1.0") == age_le_1 + 2  # 0.5 s, 0 s
+
+
+def test_observe_all_fills_a_histogram_exactly_as_observe_does() -> None:
+    bounds = (0.001, 0.01, 0.25, 1, 5)
+    # Every bound exactly (a value on a bound belongs to that bucket), between them,
+    # zero, and beyond the last bound (+Inf).
+    values = [0.0, 0.001, 0.0010001, 0.005, 0.01, 0.2, 0.25, 0.9999, 1, 3, 5, 5.0001, 120.0]
+    registry_one, registry_all = CollectorRegistry(), CollectorRegistry()
+    one = Histogram("h", "h", buckets=bounds, registry=registry_one)
+    batched = Histogram("h", "h", buckets=bounds, registry=registry_all)
+    for v in values:
+        one.observe(v)
+    metrics.observe_all(batched, values[:5])
+    metrics.observe_all(batched, values[5:])
+    metrics.observe_all(batched, [])
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    def exact(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [s for s in samples(registry) if s[0] != "h_sum"]
+
+    def total(registry: CollectorRegistry) -> float:
+        return next(s[2] for s in samples(registry) if s[0] == "h_sum")
+
+    assert exact(registry_all) == exact(registry_one)  # every bucket, and the count
+    assert ("h_count", {}, len(values)) in exact(registry_one)
+    assert total(registry_all) == pytest.approx(total(registry_one))  # summed in another order
+
+
+def test_events_processed_observes_only_events_with_a_fetch_time() -> None:
+    count = sample("touchflow_processing_latency_seconds_count")
+    metrics.events_processed([time.monotonic(), None, time.monotonic() - 0.3])
+    assert sample("touchflow_processing_latency_seconds_count") == count + 2
+    assert sample("touchflow_processing_latency_seconds_sum") >= 0.3
 
 
 def test_lag_of_revoked_partitions_is_dropped() -> None:

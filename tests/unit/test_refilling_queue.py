@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from functools import partial
 
+import pytest
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
+from agents.batches import take_now
 from agents.refilling_queue import RefillingQueue
 from pipeline.app import create_app
 from pipeline.settings import Settings
@@ -116,3 +119,55 @@ async def test_the_app_gives_every_stream_buffer_and_the_changelog_buffer_one() 
     assert isinstance(topic.queue, RefillingQueue)
     assert isinstance(app.tables.changelog_queue, RefillingQueue)
     assert topic.queue.maxsize == app.conf.stream_buffer_maxsize
+
+
+async def taking_trace(cls: type[ThrowableQueue], take: object, paused: bool) -> list[object]:
+    """What taking in chunks does to a full queue with three partitions paused for pressure
+    and three puts waiting: per chunk, the items, how many partitions were paused and
+    resumed so far, the size, and how many waiting puts got in; then who was resumed."""
+    q = queue_of(20, cls)
+    calls: list[str] = []
+    high = partial(calls.append, "high")
+    drops = [partial(calls.append, f"resume {p}") for p in range(3)]
+    for i in range(20):
+        if paused:
+            q.put_nowait_enhanced(i, on_pressure_high=high, on_pressure_drop=drops[i % 3])
+        else:  # puts waiting, no partition paused
+            q.put_nowait(i)
+    waiting = [asyncio.ensure_future(q.put(100 + j)) for j in range(3)]
+    await settle()
+    trace: list[object] = []
+    for n in (5, 1, 7, 10, 4):
+        items = take(q, n)  # type: ignore[operator]
+        await settle()
+        # counted: which paused partition a resume picks is a set's pop (hash order)
+        highs = calls.count("high")
+        trace.append((items, highs, len(calls) - highs, q.qsize(), sum(w.done() for w in waiting)))
+    trace.append(sorted(set(calls)))
+    return trace
+
+
+@pytest.mark.parametrize("cls", [RefillingQueue, ThrowableQueue])
+@pytest.mark.parametrize("paused", [True, False])
+async def test_take_now_takes_what_as_many_get_nowait_calls_would(
+    cls: type[ThrowableQueue], paused: bool
+) -> None:
+    def one_by_one(q: ThrowableQueue, n: int) -> list[object]:
+        return [q.get_nowait() for _ in range(min(n, q.qsize()))]
+
+    expected = await taking_trace(cls, one_by_one, paused)
+    assert await taking_trace(cls, take_now, paused) == expected
+    # the trace exercises what it claims: partitions paused and resumed, puts let in
+    assert expected[-2][4] == 3
+    if paused:
+        assert expected[-2][1:3] == (3, 3)
+        assert expected[-1] == ["high", "resume 0", "resume 1", "resume 2"]
+
+
+async def test_take_now_raises_what_was_thrown_into_the_queue_first() -> None:
+    q = queue_of(10)
+    q.put_nowait(1)
+    await q.throw(RuntimeError("stop"))
+    with pytest.raises(RuntimeError, match="stop"):
+        take_now(q, 5)
+    assert take_now(q, 5) == [1]
