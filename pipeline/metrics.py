@@ -309,18 +309,12 @@ def redelivered_skipped() -> None:
     REDELIVERED_SKIPPED.inc()
 
 
-def segment_change(
-    change: _Change, ingest_s: float | None, clock: Callable[[], float] = time.time
-) -> None:
-    """A change was sent. `ingest_s`: the causing record's Kafka timestamp, in seconds."""
-    segment_changes([(change, ingest_s)], clock)
-
-
 def segment_changes(
     sent: Iterable[tuple[_Change, float | None]], clock: Callable[[], float] = time.time
 ) -> None:
-    """A batch of changes was sent, each with its causing record's Kafka timestamp (s):
-    `segment_change` for each, with every counter and histogram bucket moved once."""
+    """Changes were sent, each with its causing record's Kafka timestamp (ingest, in s):
+    each counted by its values, its emit latency and event age observed; every counter
+    and histogram bucket moved once per call."""
     now = clock()
     counts: dict[tuple[str, str, str], int] = {}
     emitted: list[float] = []
@@ -337,13 +331,8 @@ def segment_changes(
     observe_all(EVENT_AGE, ages)
 
 
-def event_processed(started_monotonic: float | None) -> None:
-    """An accepted event is done; `started_monotonic` is when the worker fetched it."""
-    events_processed([started_monotonic])
-
-
 def events_processed(started_monotonic: Iterable[float | None]) -> None:
-    """`event_processed` for a batch of events done at once."""
+    """Accepted events are done; each `started_monotonic` is when the worker fetched one."""
     now = time.monotonic()
     observe_all(PROCESSING_LATENCY, [max(0.0, now - s) for s in started_monotonic if s is not None])
 

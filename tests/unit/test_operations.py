@@ -72,7 +72,7 @@ def test_segment_change_counts_and_observes_both_latencies() -> None:
     age_le_10 = sample("touchflow_event_age_seconds_bucket", le="10.0")
 
     change = Change("rfm_segment", None, "general_develop", event_time=1_000_000)
-    metrics.segment_change(change, ingest_s=1_020.5, clock=lambda: 1_021.0)  # 0.5 s, 21 s
+    metrics.segment_changes([(change, 1_020.5)], clock=lambda: 1_021.0)  # 0.5 s, 21 s
 
     assert sample("touchflow_segment_changes_total", **labels) == before + 1
     assert sample("touchflow_emit_latency_seconds_bucket", le="1.0") == emit_le_1 + 1
