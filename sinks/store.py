@@ -7,10 +7,12 @@ touchflow runs unchanged on the embedded default and on a production server.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import clickhouse_connect
+from clickhouse_connect.datatypes.base import ClickHouseType
 from clickhouse_connect.driver.client import Client
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -46,6 +48,12 @@ def insert_settings(client: Client) -> dict[str, Any]:
         parameters={"names": names},
     ).result_rows
     return supported(INSERT_SETTINGS, {str(r[0]) for r in found})
+
+
+def column_types(client: Client, table: str, columns: Sequence[str]) -> list[ClickHouseType]:
+    """The types of `table`'s `columns`, read from the server (one DESCRIBE TABLE). An insert
+    given them skips the DESCRIBE clickhouse-connect otherwise runs before every insert."""
+    return list(client.create_insert_context(table, column_names=list(columns)).column_types)
 
 
 def migrations() -> list[tuple[int, str, str]]:

@@ -134,6 +134,8 @@ class ClickHouseSink:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
         self._insert_settings: dict[str, Any] = {}
+        # table -> its columns' types, described once (see _insert_now)
+        self._column_types: dict[str, list[Any]] = {}
         self._quantiles: asyncio.Task[None] | None = None  # the thresholds schedule, if on
         self._stop_metrics: Any = None  # stops the /metrics server, if sink_metrics_port
         # topic -> (table, message -> row or None)
@@ -345,16 +347,30 @@ class ClickHouseSink:
         if token is not None:
             settings["insert_deduplication_token"] = token
         data = columnar(table_rows, len(columns))
-        await self._retry(
-            table,
-            self._call,
-            self._client.insert,
-            table,
-            data,
-            column_names=columns,
-            column_oriented=True,
-            settings=settings,
-        )
+        await self._retry(table, self._call, self._insert_now, table, data, columns, settings)
+
+    def _insert_now(
+        self, table: str, data: list[list[Any]], columns: tuple[str, ...], settings: dict[str, Any]
+    ) -> None:
+        """One insert, in the ClickHouse thread. The table's column types are described
+        once and reused, which halves the statements per insert (one round trip fewer per
+        insert on a server); after a failed insert they are described again, in case the
+        table was altered or re-created meanwhile."""
+        types = self._column_types.get(table)
+        if types is None:
+            types = self._column_types[table] = store.column_types(self._client, table, columns)
+        try:
+            self._client.insert(
+                table,
+                data,
+                column_names=columns,
+                column_types=types,
+                column_oriented=True,
+                settings=settings,
+            )
+        except Exception:
+            del self._column_types[table]
+            raise
 
     async def _retry(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call until it succeeds, backing off; meanwhile nothing more is fetched. Asked to

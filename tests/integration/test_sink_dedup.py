@@ -1,6 +1,7 @@
 """The sink on the real broker and chDB: a crash between insert and offset commit, then a
-restart that re-reads the same offsets, stores nothing twice; and while ClickHouse refuses
-inserts the sink holds a bounded batch and fetches nothing more (back-pressure).
+restart that re-reads the same offsets, stores nothing twice; while ClickHouse refuses
+inserts the sink holds a bounded batch and fetches nothing more (back-pressure); and it
+describes a table's columns once, not before every insert.
 
 Duplicates are counted on the raw table (no FINAL) with merges stopped, so a background
 merge of the ReplacingMergeTree cannot hide a duplicate and let the test pass by luck.
@@ -147,6 +148,69 @@ async def test_back_pressure_while_inserts_fail(topics: Settings, client: Any) -
         sink.close()
     assert stored(client) == (45, 45, 45)
     assert sink.peak_buffered <= 10
+
+
+def events_parts(client: Any) -> int:
+    """Active parts of the events table: with merges stopped, one per stored insert."""
+    return int(
+        client.query(
+            "SELECT count() FROM system.parts WHERE database = currentDatabase()"
+            " AND table = 'events' AND active"
+        ).result_rows[0][0]
+    )
+
+
+async def test_columns_are_described_once_and_again_after_a_failed_insert(
+    topics: Settings, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = topics.model_copy(update={"sink_batch_rows": 10, "sink_flush_seconds": 0.2})
+    described: list[str] = []
+    real = store.column_types
+
+    def describing(c: Any, table: str, columns: Any) -> Any:
+        described.append(table)
+        return real(c, table, columns)
+
+    monkeypatch.setattr(store, "column_types", describing)
+    await publish(settings, events(0, 30))
+    sink = ClickHouseSink(settings, settings.kafka_bootstrap)
+    await sink.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    failed = "touchflow_sink_insert_failures_total"
+    before = metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0
+    try:
+
+        async def stored_30() -> bool:
+            return stored(client)[1] == 30
+
+        await async_wait_until(stored_30, 60, "30 events")
+        assert events_parts(client) >= 3, "batches of at most 10: several inserts"
+        assert described.count("events") == 1
+
+        # The table goes away and comes back (as a re-created table would): the types
+        # held for it are dropped at the failed insert and described again.
+        client.command("RENAME TABLE events TO events_away")
+        await publish(settings, events(30, 15))
+
+        async def refused() -> bool:
+            return (metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0) > before
+
+        await async_wait_until(refused, 30, "a refused insert")
+        client.command("RENAME TABLE events_away TO events")
+
+        async def stored_45() -> bool:
+            return stored(client)[1] == 45
+
+        await async_wait_until(stored_45, 60, "45 events after the table came back")
+    finally:
+        if client.query("EXISTS TABLE events_away").result_rows == [(1,)]:
+            client.command("RENAME TABLE events_away TO events")
+        stop.set()
+        await task
+        sink.close()
+    assert described.count("events") >= 2
+    assert stored(client) == (45, 45, 45)
 
 
 class RefusedFirstCommit(ClickHouseSink):
