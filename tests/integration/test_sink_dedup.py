@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +73,45 @@ def client(topics: Settings) -> Any:
     c.command("SYSTEM START MERGES events")
 
 
-async def run_until(sink: ClickHouseSink, done: Any, what: str) -> None:
+@asynccontextmanager
+async def running(sink: ClickHouseSink) -> AsyncIterator[ClickHouseSink]:
     await sink.start()
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
     try:
-        await async_wait_until(done, 60, what)
+        yield sink
     finally:
         stop.set()
         await task
         sink.close()
+
+
+async def run_until(sink: ClickHouseSink, done: Any, what: str) -> None:
+    async with running(sink):
+        await async_wait_until(done, 60, what)
+
+
+@contextmanager
+def events_table_away(client: Any) -> Iterator[Callable[[], None]]:
+    """ClickHouse refuses the sink's inserts into `events` (the table is renamed away)
+    until the block calls the function it is given, or ends."""
+    client.command("RENAME TABLE events TO events_away")
+
+    def back() -> None:
+        if client.query("EXISTS TABLE events_away").result_rows == [(1,)]:
+            client.command("RENAME TABLE events_away TO events")
+
+    try:
+        yield back
+    finally:
+        back()
+
+
+def events_insert_failures() -> float:
+    return (
+        metrics.SINK.get_sample_value("touchflow_sink_insert_failures_total", {"table": "events"})
+        or 0.0
+    )
 
 
 async def test_a_crash_between_insert_and_commit_stores_nothing_twice(
@@ -117,35 +148,23 @@ async def test_back_pressure_while_inserts_fail(topics: Settings, client: Any) -
     back it stores everything, once."""
     settings = topics.model_copy(update={"sink_batch_rows": 10, "sink_flush_seconds": 0.2})
     await publish(settings, events(0, 45))
-    client.command("RENAME TABLE events TO events_away")
+    before = events_insert_failures()
+
+    async def refused_three_times() -> bool:
+        return events_insert_failures() - before >= 3
+
+    async def all_there() -> bool:
+        return stored(client)[1] == 45
+
     sink = ClickHouseSink(settings, settings.kafka_bootstrap)
-    await sink.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(sink.run(stop))
-    failed = "touchflow_sink_insert_failures_total"
-    before = metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0
-    try:
-
-        async def refused_three_times() -> bool:
-            now = metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0
-            return now - before >= 3
-
-        await async_wait_until(refused_three_times, 30, "three refused inserts")
-        # Retrying, it holds one bounded batch and has fetched nothing beyond it.
-        assert 0 < sink.buffered <= 10
-        assert sink.peak_buffered <= 10
-        client.command("RENAME TABLE events_away TO events")
-
-        async def all_there() -> bool:
-            return stored(client)[1] == 45
-
-        await async_wait_until(all_there, 60, "45 events after the outage")
-    finally:
-        if client.query("EXISTS TABLE events_away").result_rows == [(1,)]:
-            client.command("RENAME TABLE events_away TO events")
-        stop.set()
-        await task
-        sink.close()
+    with events_table_away(client) as bring_back:
+        async with running(sink):
+            await async_wait_until(refused_three_times, 30, "three refused inserts")
+            # Retrying, it holds one bounded batch and has fetched nothing beyond it.
+            assert 0 < sink.buffered <= 10
+            assert sink.peak_buffered <= 10
+            bring_back()
+            await async_wait_until(all_there, 60, "45 events after the outage")
     assert stored(client) == (45, 45, 45)
     assert sink.peak_buffered <= 10
 
@@ -173,42 +192,29 @@ async def test_columns_are_described_once_and_again_after_a_failed_insert(
 
     monkeypatch.setattr(store, "column_types", describing)
     await publish(settings, events(0, 30))
-    sink = ClickHouseSink(settings, settings.kafka_bootstrap)
-    await sink.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(sink.run(stop))
-    failed = "touchflow_sink_insert_failures_total"
-    before = metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0
-    try:
+    before = events_insert_failures()
 
-        async def stored_30() -> bool:
-            return stored(client)[1] == 30
+    async def stored_30() -> bool:
+        return stored(client)[1] == 30
 
+    async def refused() -> bool:
+        return events_insert_failures() > before
+
+    async def stored_45() -> bool:
+        return stored(client)[1] == 45
+
+    async with running(ClickHouseSink(settings, settings.kafka_bootstrap)):
         await async_wait_until(stored_30, 60, "30 events")
         assert events_parts(client) >= 3, "batches of at most 10: several inserts"
         assert described.count("events") == 1
 
         # The table goes away and comes back (as a re-created table would): the types
         # held for it are dropped at the failed insert and described again.
-        client.command("RENAME TABLE events TO events_away")
-        await publish(settings, events(30, 15))
-
-        async def refused() -> bool:
-            return (metrics.SINK.get_sample_value(failed, {"table": "events"}) or 0.0) > before
-
-        await async_wait_until(refused, 30, "a refused insert")
-        client.command("RENAME TABLE events_away TO events")
-
-        async def stored_45() -> bool:
-            return stored(client)[1] == 45
-
-        await async_wait_until(stored_45, 60, "45 events after the table came back")
-    finally:
-        if client.query("EXISTS TABLE events_away").result_rows == [(1,)]:
-            client.command("RENAME TABLE events_away TO events")
-        stop.set()
-        await task
-        sink.close()
+        with events_table_away(client) as bring_back:
+            await publish(settings, events(30, 15))
+            await async_wait_until(refused, 30, "a refused insert")
+            bring_back()
+            await async_wait_until(stored_45, 60, "45 events after the table came back")
     assert described.count("events") >= 2
     assert stored(client) == (45, 45, 45)
 
@@ -249,17 +255,10 @@ async def test_a_refused_commit_reads_again_and_stores_nothing_twice(
     async def all_there() -> bool:
         return stored(client)[1] == 50
 
-    await sink.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(sink.run(stop))
-    try:
+    async with running(sink):
         await async_wait_until(refused, 60, "the refused commit")
         await publish(settings, events(30, 20))
         await async_wait_until(all_there, 60, "50 events after the refused commit")
-    finally:
-        stop.set()
-        await task
-        sink.close()
     assert sink.commits_refused == 1
     # The refused batch was read again and inserted under the same tokens: no duplicate.
     assert stored(client) == (50, 50, 50)
