@@ -157,9 +157,10 @@ def end_to_end(a: argparse.Namespace, settings: Settings, logs: Path) -> dict[st
     warm = workload.build(500, 200, key, now - 420 * MS_PER_DAY, 10, seed=1, id_prefix="warm")
     runs: list[dict[str, Any]] = []
     for i in range(a.e2e_runs):
-        # A broker per run: Tansu keeps every topic in memory and grew slower as earlier
-        # runs' topics piled up, so the last run was always the slowest (docs/benchmarks.md,
-        # "A broker per run").
+        # A broker per run, so every run starts from the same state: with one broker for
+        # all (Tansu keeps every topic in memory), the last run was the slowest in seven
+        # invocations; with a broker each, in none of three (docs/benchmarks.md, "A broker
+        # per run").
         with EmbeddedBroker(log_file=logs / f"broker-{i + 1}.log") as broker:
             tput = workload.build(
                 a.e2e_events, a.e2e_people, key, now - 400 * MS_PER_DAY, 365, seed=10 + i
