@@ -272,16 +272,23 @@ class ChangeConsumer:
         self._producer = await started(
             AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, **client_options(s), acks="all")
         )
-        self._consumer = await started(
-            AIOKafkaConsumer(
-                s.changes_topic,
-                bootstrap_servers=s.kafka_bootstrap,
-                **client_options(s),
-                group_id=self.group,
-                enable_auto_commit=False,
-                auto_offset_reset=self.start_from,
-                **self.kafka_options,
-            )
+        self._consumer = await started(self.new_consumer())
+
+    def new_consumer(self) -> AIOKafkaConsumer:
+        """The runner's consumer, not started (inside a running loop: aiokafka needs one).
+        Its fetch wait is the worker's unless `kafka_options` names one: on Tansu, which
+        holds every fetch for its whole wait, aiokafka's 500 ms default would add up to
+        half a second between a segment change and its automation."""
+        s = self.settings
+        options = {"fetch_max_wait_ms": s.consumer_fetch_max_wait_ms, **self.kafka_options}
+        return AIOKafkaConsumer(
+            s.changes_topic,
+            bootstrap_servers=s.kafka_bootstrap,
+            **client_options(s),
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset=self.start_from,
+            **options,
         )
 
     async def stop(self) -> None:

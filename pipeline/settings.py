@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     # Broker quirk workarounds: "tansu" probes true log-end offsets for table recovery.
     # "auto" = tansu when the broker is the embedded one, none otherwise.
     broker_compat: Literal["auto", "none", "tansu"] = "auto"
-    # How long the worker's consumer lets the broker hold a fetch (agents/consumer_tuning).
+    # How long touchflow's consumers (the worker's, agents/consumer_tuning; the ClickHouse
+    # sink's; the automations') let the broker hold a fetch.
     # None: 1500 ms (Faust's) on Apache Kafka, which answers as soon as records are there;
     # TANSU_FETCH_MAX_WAIT_MS on Tansu, which holds every fetch for the whole wait.
     fetch_max_wait_ms: int | None = Field(default=None, ge=0)

@@ -221,21 +221,29 @@ class ClickHouseSink:
         finally:
             await consumer.stop()
 
+    def new_consumer(self) -> AIOKafkaConsumer:
+        """The sink's consumer, not started (inside a running loop: aiokafka needs one).
+        Its fetch wait is the worker's (`Settings.consumer_fetch_max_wait_ms`): on Tansu,
+        which holds every fetch for its whole wait, aiokafka's 500 ms default would add up
+        to half a second before rows reach ClickHouse."""
+        s = self.settings
+        return AIOKafkaConsumer(
+            *self._route,
+            bootstrap_servers=self.bootstrap,
+            group_id=s.sink_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=5_000,
+            fetch_max_wait_ms=s.consumer_fetch_max_wait_ms,
+            **client_options(s),
+        )
+
     async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
         """The sink's consumer, started; while the broker cannot be reached (not up yet,
         or the process was too busy to finish connecting in time) it tries again."""
-        s = self.settings
         delay = 0.5
         while not stop.is_set():
-            consumer = AIOKafkaConsumer(
-                *self._route,
-                bootstrap_servers=self.bootstrap,
-                group_id=s.sink_group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                metadata_max_age_ms=5_000,
-                **client_options(s),
-            )
+            consumer = self.new_consumer()
             try:
                 await consumer.start()
                 return consumer

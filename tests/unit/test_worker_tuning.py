@@ -1,5 +1,6 @@
 """Worker settings Faust does not expose (agents.consumer_tuning, pipeline.app.QuietWorker),
-on real Faust objects that are never connected."""
+and the same fetch wait for the sink's and automations' consumers, on real Faust and
+aiokafka objects that are never connected."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.app import QuietWorker, create_app
+from pipeline.automation import ChangeConsumer
 from pipeline.settings import FAUST_FETCH_MAX_WAIT_MS, TANSU_FETCH_MAX_WAIT_MS, Settings
+from sinks.writer import ClickHouseSink
 
 
 def worker_consumer_wait_ms(settings: Settings) -> int:
@@ -48,6 +52,43 @@ def test_an_explicit_fetch_wait_wins_on_any_broker(tmp_path: Path) -> None:
             fetch_max_wait_ms=321,
         )
         assert worker_consumer_wait_ms(settings) == 321
+
+
+def sink_and_automation_wait_ms(
+    settings: Settings, kafka_options: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """The fetch waits of the ClickHouse sink's and an automation's consumers, built as
+    they start them (never connected)."""
+
+    async def build() -> tuple[int, int]:  # aiokafka objects are made inside a running loop
+        sink = ClickHouseSink(settings, settings.kafka_bootstrap)
+        runner = ChangeConsumer(settings, group="g", kafka_options=kafka_options or {})
+        consumers = [sink.new_consumer(), runner.new_consumer()]
+        try:
+            return consumers[0]._fetch_max_wait_ms, consumers[1]._fetch_max_wait_ms
+        finally:
+            for consumer in consumers:
+                await consumer.stop()
+            sink.close()
+
+    return asyncio.run(build())
+
+
+def test_the_sink_and_automations_wait_for_a_fetch_as_the_worker_does(tmp_path: Path) -> None:
+    """aiokafka's default (500 ms) would hold rows back from ClickHouse, and changes from
+    automations, for up to that long on Tansu."""
+    kafka = Settings(kafka_bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    tansu = kafka.model_copy(update={"broker_compat": "tansu"})
+    explicit = kafka.model_copy(update={"fetch_max_wait_ms": 321})
+    assert sink_and_automation_wait_ms(kafka) == (FAUST_FETCH_MAX_WAIT_MS,) * 2
+    assert sink_and_automation_wait_ms(tansu) == (TANSU_FETCH_MAX_WAIT_MS,) * 2
+    assert sink_and_automation_wait_ms(explicit) == (321, 321)
+
+
+def test_an_automation_s_own_fetch_wait_wins(tmp_path: Path) -> None:
+    tansu = Settings(kafka_bootstrap="127.0.0.1:1", data_dir=tmp_path, broker_compat="tansu")
+    _, wait = sink_and_automation_wait_ms(tansu, {"fetch_max_wait_ms": 77})
+    assert wait == 77
 
 
 @pytest.fixture
