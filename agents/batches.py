@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import Message
@@ -54,27 +54,46 @@ class RawTopic(faust.Topic):  # type: ignore[misc]
         self.decode = _itself
 
 
-async def finished_batches(stream: Any, size: int, within: float) -> AsyncIterator[list[Message]]:
+class Holding(Protocol):
+    """Whether the loop body stored a batch's work or holds it for a later batch
+    (agents.write_behind.StateWrites)."""
+
+    def held(self) -> bool: ...
+
+    def due_in(self, now: float) -> float | None: ...
+
+
+async def finished_batches(
+    stream: Any, size: int, within: float, holding: Holding | None = None
+) -> AsyncIterator[list[Message]]:
     """The messages of the agent's `stream` (over a RawTopic) in batches of up to `size`:
     a batch is handed over once it is full or `within` seconds after its first message
     (what `stream.take_events(size, within)` did). Each batch is acknowledged after the
     loop body that got it has finished with it; a body that raises or is cancelled never
     resumes this generator, so its batch stays unacknowledged and is read again.
 
+    With `holding`, a body may finish a batch but hold its work (states not stored yet):
+    the batch is then acknowledged together with the first later batch after which
+    nothing is held. While work is held and no message comes, an empty batch is handed
+    over when `holding.due_in` says the work is due, so it is stored without traffic.
+
     Messages fetched before the latest rebalance (an older consumer generation, or taken
     while flow is suspended) are left out and marked acknowledged, so no ack of ours
     reaches the consumer: whoever owns the partition now reads them again from the
-    committed offset."""
+    committed offset. So are held messages whose generation ended before they were
+    stored: the revoke dropped their held work."""
     app = stream.app
     channel = aiter(stream.channel)  # the iterator channel the conductor delivers to
     queue = channel.queue
     consumer = app.consumer
     unacked = consumer.unacked
     acking_topics = app.topics.acking_topics
+    carried: list[Message] = []  # finished, held: acknowledged once stored
     try:
         while True:
+            wait = holding.due_in(time.monotonic()) if holding is not None and carried else None
             try:
-                batch = await _fill(queue, size, within)
+                batch = await _fill(queue, size, within, wait)
             except StopAsyncIteration:  # what Faust throws into its channels on stopping
                 return
             current = app.consumer_generation_id if app.flow_control.is_active() else None
@@ -92,18 +111,51 @@ async def finished_batches(stream: Any, size: int, within: float) -> AsyncIterat
                     # the worker's processing-latency metric reads it (pipeline.metrics).
                     message.time_in = now
                 taken.append(message)
-            if not taken:
+            if not taken and not carried:
                 continue
             yield taken
+            if holding is not None and holding.held():
+                carried += taken
+                continue
+            if carried:
+                # As for a take above: during a rebalance, no generation is current.
+                active = app.flow_control.is_active()
+                _settle(carried, consumer, app.consumer_generation_id if active else None)
+                carried = []
             for message in taken:
                 message.ack(consumer)
     finally:
         channel.on_stop_iteration()
 
 
-async def _fill(queue: Any, size: int, within: float) -> list[Message]:
-    """Up to `size` messages: the next one, then whatever comes within `within` seconds."""
-    batch = [await queue.get()]
+def _settle(held: list[Message], consumer: Any, generation: int | None) -> None:
+    """Acknowledge held messages now stored. One of an ended generation (or any, while
+    a rebalance runs: `generation` None) is only marked, as one taken before a rebalance
+    is: the revoke may have dropped its held work, and its partition is read again from
+    the committed offset."""
+    unacked = consumer.unacked
+    for message in held:
+        if message.generation_id == generation:
+            message.ack(consumer)
+        else:
+            message.acked = True
+            unacked.discard(message)  # no longer in progress: not for the commit guard
+
+
+async def _fill(
+    queue: Any, size: int, within: float, first_within: float | None = None
+) -> list[Message]:
+    """Up to `size` messages: the next one, then whatever comes within `within` seconds.
+    With `first_within`, none when the first does not come within that many seconds."""
+    if first_within is None:
+        batch = [await queue.get()]
+    elif not queue.empty():
+        batch = take_now(queue, 1)
+    else:
+        try:
+            batch = [await asyncio.wait_for(queue.get(), first_within)]
+        except TimeoutError:
+            return []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while len(batch) < size:

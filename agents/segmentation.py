@@ -24,6 +24,7 @@ from agents import identity, thresholds
 from agents.batches import RawTopic, finished_batches
 from agents.partition_clocks import PartitionClocks
 from agents.raw_send import send_raw, send_to_changelog
+from agents.write_behind import StateWrites
 from pipeline import metrics
 from pipeline.codec import Codecs
 from pipeline.engine import Outcome
@@ -151,6 +152,8 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
     # held writes of revoked partitions (their events were not acknowledged: the new
     # owner processes them again from the changelog's states).
     handover = asyncio.Lock()
+    # Held states are written once per interval, not per batch (agents.write_behind).
+    state_writes = StateWrites(settings.worker_state_write_seconds)
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -227,10 +230,11 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
             await producer.buffer.flush()
         await producer.flush()
 
-    async def complete(batch: list[tuple[Any, Outcome, bool]]) -> None:
-        """Send a batch's changes and credits, wait for the broker, then write its states
-        (and wait again), so nothing is acknowledged before it is stored (write_behind);
-        then the clocks, only once those states are stored (partition_clocks)."""
+    async def complete(batch: list[tuple[Any, Outcome, bool]], store: bool = False) -> None:
+        """Send a batch's changes and credits and wait for the broker. Then, once held
+        states are `worker_state_write_seconds` old (or `store`), write them (and wait
+        again), so nothing is acknowledged before it is stored (write_behind); then the
+        clocks, only once those states are stored (partition_clocks)."""
         for _, out, _ in batch:
             for brand, referrer, invitee, at in out.referrals:
                 headers = identity.referral_headers(brand, invitee, at)
@@ -239,10 +243,12 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 value = codecs.encode_change(change)
                 await send_raw(app, settings.changes_topic, change.person_id.encode(), value)
         await drain()
-        await clocks.flush()
-        await drain()
-        if await clocks.checkpoint():
+        if not state_writes.hold(time.monotonic()) or store:
+            await clocks.flush()
             await drain()
+            if await clocks.checkpoint():
+                await drain()
+            state_writes.stored()
         # A message not processed may carry a reassessment's changes.
         metrics.segment_changes((c, m.timestamp) for m, out, _ in batch for c in out.changes)
         metrics.events_processed(m.time_in for m, _, processed in batch if processed)
@@ -259,9 +265,9 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
 
     async def segmentation(stream: faust.StreamT) -> None:
         batches = finished_batches(
-            stream, settings.worker_batch_events, settings.worker_batch_seconds
+            stream, settings.worker_batch_events, settings.worker_batch_seconds, state_writes
         )
-        async for messages in batches:  # acknowledged once process_batch has returned
+        async for messages in batches:  # acknowledged once their states are stored
             async with handover:
                 await process_batch(messages)
 
@@ -282,7 +288,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 skipped += 1
                 continue
             if merges is not None and identity.header(m, identity.KIND) == identity.MERGE:
-                await complete(batch)  # a merge reads and moves stored states
+                await complete(batch, store=True)  # a merge reads and moves stored states
                 with identity.current(app, m):
                     await merges.on_merge(m)
                 continue
@@ -294,7 +300,7 @@ def register(app: faust.App, settings: Settings, codecs: Codecs) -> Segmentation
                 continue
             out = Outcome()
             batch.append((m, out, await process(m, out)))
-        await complete(batch)
+        await complete(batch, store=not messages)  # none: held states came due (batches)
         if skipped:
             log.info("left %d events of partitions handed over to their new owner", skipped)
 

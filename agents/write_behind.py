@@ -8,8 +8,9 @@ a batch's changes, waits for the broker, and only then writes the batch's states
 (`flush`); a crash before that replays the batch from the same states and re-sends the
 same changes with the same (person, seq) — a duplicate consumers drop, never a gap.
 
-Writing once per batch also means a person touched many times in a batch is encoded and
-sent to the changelog once.
+Writing once per flush also means a person touched many times before it is encoded and
+sent to the changelog once. The agent flushes once the held states are
+`worker_state_write_seconds` old, not after every batch (`StateWrites` below).
 
 The changelog records are sent raw (`agents.raw_send`), as Faust's `send_changelog` would
 produce them (the key's bytes, the state's Avro; the same partition), without its
@@ -82,3 +83,44 @@ class WriteBehind(MutableMapping[bytes, PersonState]):
             else:
                 data[key] = value
             await self._changelog(self.partition, key, value)
+
+
+class StateWrites:
+    """When the segmentation agent writes its held states: once they are `every` seconds
+    old, not after every batch.
+
+    Why: a batch's segment changes go out at once (that is the latency operators see),
+    but its states only mark its events as applied. Writing them once per interval
+    instead of once per micro-batch encodes and sends a busy person once per interval,
+    and spares the batches in between two waits for the broker (states, then clocks).
+    The order that makes a crash safe is unchanged: the held batches' events are
+    acknowledged only once their states are stored (agents.batches), so a crash replays
+    them from the states before, as it replayed one batch.
+
+    The cost: up to `every` seconds more to replay after a crash or a rebalance, and the
+    state table (changelog, lookups, ClickHouse's `person_state`) that much behind the
+    segment changes. 0 writes after every batch.
+    """
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._since: float | None = None  # when the oldest batch not yet stored completed
+
+    def hold(self, now: float) -> bool:
+        """A batch has sent its changes: True when its states may wait for a later batch."""
+        if self._since is None:
+            self._since = now
+        return now - self._since < self.every
+
+    def stored(self) -> None:
+        self._since = None
+
+    def held(self) -> bool:
+        """Some batch's states are not stored: its events must not be acknowledged yet."""
+        return self._since is not None
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the held states must be written (None: nothing held)."""
+        if self._since is None:
+            return None
+        return max(0.0, self._since + self.every - now)

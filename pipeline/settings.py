@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     # its states are written to the changelog (docs/reliability.md).
     worker_batch_events: int = Field(default=500, ge=1)
     worker_batch_seconds: float = Field(default=0.05, gt=0)
+    # A batch's states are written to the changelog (and its events acknowledged) at most
+    # this long after the batch: the batches in between send their segment changes at
+    # once and hold their states, so a busy person is written once per interval, not once
+    # per batch (agents.write_behind.StateWrites). 0: every batch writes its states.
+    worker_state_write_seconds: float = Field(default=1.0, ge=0)
     # The worker's cyclic garbage collector (agents.collector): a young collection every
     # this many allocations (0: Python's own 700), and what is alive once a recovery
     # ends frozen out of later collections (a full one walks every state: ~1.3 s at 1M).

@@ -16,6 +16,7 @@ from faust.transport.consumer import ConsumerMessage
 from faust.types import TP
 
 from agents.batches import RawTopic, finished_batches
+from agents.write_behind import StateWrites
 
 TOPIC = "hot"
 TP0 = TP(TOPIC, 0)
@@ -191,3 +192,110 @@ async def test_batches_end_when_faust_stops_the_channel() -> None:
         await asyncio.wait_for(gathering, 5)
     assert h.acked_offsets() == [0, 1]
     assert not sent[2].acked
+
+
+class Held:
+    """A loop body's answer to `finished_batches`: whether it holds the batch it just
+    finished (its states not stored yet), as the segmentation agent's StateWrites says."""
+
+    def __init__(self) -> None:
+        self.holding = False
+
+    def held(self) -> bool:
+        return self.holding
+
+    def due_in(self, now: float) -> float | None:
+        return None  # never due by itself: the test says when the work is stored
+
+
+async def started_holding(h: Harness, size: int, within: float, holding: Any) -> Any:
+    batches = finished_batches(h.stream, size, within, holding)
+    first = asyncio.ensure_future(batches.__anext__())
+    await h.subscribe()
+    return batches, first
+
+
+async def test_held_batches_are_acknowledged_with_the_first_batch_that_stores() -> None:
+    h = Harness()
+    held = Held()
+    batches, first = await started_holding(h, 2, 5.0, held)
+    sent = await h.deliver(6)
+    assert offsets(await first) == [0, 1]
+    held.holding = True  # the body finished the first batch and holds its states
+    assert offsets(await batches.__anext__()) == [2, 3]
+    assert h.acked_offsets() == []
+    assert set(sent[:2]) <= h.app.consumer.unacked  # the commit guard stops before them
+    held.holding = False  # the second batch's body stored everything held
+    assert offsets(await batches.__anext__()) == [4, 5]
+    assert h.acked_offsets() == [0, 1, 2, 3]
+    assert not any(m.acked for m in sent[4:])
+
+
+async def test_held_batches_whose_later_body_fails_are_never_acknowledged() -> None:
+    h = Harness()
+    held = Held()
+    batches, first = await started_holding(h, 2, 5.0, held)
+    sent = await h.deliver(4)
+    await first
+    held.holding = True
+    await batches.__anext__()
+    with pytest.raises(RuntimeError):
+        await batches.athrow(RuntimeError("crash before the held states were stored"))
+    assert h.acked_offsets() == []
+    assert not any(m.acked for m in sent)  # all four are read again after a restart
+
+
+async def test_held_work_comes_due_without_traffic_as_an_empty_batch() -> None:
+    h = Harness()
+    writes = StateWrites(0.2)
+    batches, first = await started_holding(h, 10, 0.02, writes)
+    await h.deliver(3)
+    assert offsets(await first) == [0, 1, 2]
+    assert writes.hold(time.monotonic())  # the body holds its states
+    start = time.monotonic()
+    assert await asyncio.wait_for(batches.__anext__(), 5) == []
+    assert time.monotonic() - start >= 0.15
+    assert h.acked_offsets() == []  # not before the body of the empty batch stored them
+    writes.stored()
+    await h.deliver(1)
+    await asyncio.wait_for(batches.__anext__(), 5)
+    assert h.acked_offsets() == [0, 1, 2]
+
+
+async def test_held_messages_of_an_ended_generation_are_marked_not_acknowledged() -> None:
+    """A rebalance between holding and storing: the revoke dropped the held states, and
+    the partition is read again from the committed offset; acknowledging them would let
+    the commit pass events whose states were never stored."""
+    h = Harness()
+    held = Held()
+    batches, first = await started_holding(h, 2, 5.0, held)
+    old = await h.deliver(2)
+    await first
+    held.holding = True
+    h.app.consumer_generation_id += 1
+    new = await h.deliver(2)
+    assert await batches.__anext__() == new
+    held.holding = False
+    await h.deliver(1)
+    await batches.__anext__()
+    assert all(m.acked for m in old) and not set(old) & set(h.app.consumer.unacked)
+    assert h.acked_offsets() == [2, 3]
+
+
+def test_state_writes_hold_a_batch_until_the_oldest_held_is_due() -> None:
+    writes = StateWrites(0.5)
+    assert not writes.held() and writes.due_in(10.0) is None
+    assert writes.hold(10.0)  # the first batch after a write: held
+    assert writes.hold(10.4) and writes.held()  # the clock runs from the oldest held
+    assert writes.due_in(10.4) == pytest.approx(0.1)
+    assert not writes.hold(10.5)  # due: this batch writes everything held
+    writes.stored()
+    assert not writes.held() and writes.due_in(11.0) is None
+    assert writes.hold(11.0)
+
+
+def test_state_writes_of_zero_write_after_every_batch() -> None:
+    writes = StateWrites(0.0)
+    assert not writes.hold(1.0)
+    writes.stored()
+    assert not writes.held()
