@@ -40,10 +40,12 @@ async def test_local_state_wiped_rebuilds_from_the_changelog_to_its_true_end(
 ) -> None:
     """Thousands of changelog records per partition, in multi-record batches: on Tansu
     the reported end is short of the real one (agents.broker_compat reads on to it)."""
-    # A state is written once per batch of events (agents.write_behind): batches of 100
-    # write ~3x the records that full batches of 500 do (a fetch fills a batch at once:
-    # agents.bulk_delivery), enough to exercise the recovery below.
-    s = fault_settings.model_copy(update={"worker_batch_events": 100})
+    # States written after every batch of events (agents.write_behind, interval 0): batches
+    # of 100 write ~3x the records that full batches of 500 do (a fetch fills a batch at
+    # once: agents.bulk_delivery), enough to exercise the recovery below.
+    s = fault_settings.model_copy(
+        update={"worker_batch_events": 100, "worker_state_write_seconds": 0.0}
+    )
     events = h.workload(16_000, seed=4, span_days=300)
     half = len(events) // 2
     await h.publish(s, h.encoded(events[:half]))

@@ -59,7 +59,8 @@ async def test_published_quantile_thresholds_rescore_the_brand(
         nonlocal probe
         probe += 1
         await publish(settings, [_buy(probe, 95_000, int(time.time() * 1000) - 1000)])
-        await asyncio.sleep(1.0)
+        # The probe's state reaches the store once the worker writes its held states.
+        await asyncio.sleep(settings.worker_state_write_seconds + 1.0)
         rows = await sink.query(
             "SELECT m FROM person_state FINAL WHERE person_id = {p:String}",
             {"p": person_id_for(_buy(probe, 0, 0).user)},
