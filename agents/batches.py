@@ -149,7 +149,7 @@ async def _fill(
     With `first_within`, none when the first does not come within that many seconds."""
     if first_within is None:
         batch = [await queue.get()]
-    elif not queue.empty():
+    elif not queue.empty():  # wait_for with a timeout of 0 would not even look
         batch = take_now(queue, 1)
     else:
         try:

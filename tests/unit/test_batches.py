@@ -58,10 +58,19 @@ class Harness:
         return sorted(self.app.consumer._acked[TP0])
 
 
-async def started(h: Harness, size: int, within: float) -> AsyncIterator[list[Any]]:
-    batches = finished_batches(h.stream, size, within)
+async def opened(
+    h: Harness, size: int, within: float, holding: Any = None
+) -> tuple[Any, asyncio.Future[list[Any]]]:
+    """`finished_batches` over the harness, subscribed: the generator itself (for tests
+    that throw into it) and its first batch, pending."""
+    batches = finished_batches(h.stream, size, within, holding)
     first = asyncio.ensure_future(batches.__anext__())  # registers its channel
     await h.subscribe()
+    return batches, first
+
+
+async def started(h: Harness, size: int, within: float) -> AsyncIterator[list[Any]]:
+    batches, first = await opened(h, size, within)
 
     async def rest() -> AsyncIterator[list[Any]]:
         yield await first
@@ -208,17 +217,10 @@ class Held:
         return None  # never due by itself: the test says when the work is stored
 
 
-async def started_holding(h: Harness, size: int, within: float, holding: Any) -> Any:
-    batches = finished_batches(h.stream, size, within, holding)
-    first = asyncio.ensure_future(batches.__anext__())
-    await h.subscribe()
-    return batches, first
-
-
 async def test_held_batches_are_acknowledged_with_the_first_batch_that_stores() -> None:
     h = Harness()
     held = Held()
-    batches, first = await started_holding(h, 2, 5.0, held)
+    batches, first = await opened(h, 2, 5.0, held)
     sent = await h.deliver(6)
     assert offsets(await first) == [0, 1]
     held.holding = True  # the body finished the first batch and holds its states
@@ -234,7 +236,7 @@ async def test_held_batches_are_acknowledged_with_the_first_batch_that_stores() 
 async def test_held_batches_whose_later_body_fails_are_never_acknowledged() -> None:
     h = Harness()
     held = Held()
-    batches, first = await started_holding(h, 2, 5.0, held)
+    batches, first = await opened(h, 2, 5.0, held)
     sent = await h.deliver(4)
     await first
     held.holding = True
@@ -248,7 +250,7 @@ async def test_held_batches_whose_later_body_fails_are_never_acknowledged() -> N
 async def test_held_work_comes_due_without_traffic_as_an_empty_batch() -> None:
     h = Harness()
     writes = StateWrites(0.2)
-    batches, first = await started_holding(h, 10, 0.02, writes)
+    batches, first = await opened(h, 10, 0.02, writes)
     await h.deliver(3)
     assert offsets(await first) == [0, 1, 2]
     assert writes.hold(time.monotonic())  # the body holds its states
@@ -268,7 +270,7 @@ async def test_held_messages_of_an_ended_generation_are_marked_not_acknowledged(
     the commit pass events whose states were never stored."""
     h = Harness()
     held = Held()
-    batches, first = await started_holding(h, 2, 5.0, held)
+    batches, first = await opened(h, 2, 5.0, held)
     old = await h.deliver(2)
     await first
     held.holding = True
