@@ -10,6 +10,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from agents.write_behind import StateWrites
 from bench.workload import Workload
 from pipeline import state as core
 from pipeline.codec import Codecs
@@ -60,39 +61,48 @@ def apply_run(w: Workload, policy: core.Policy) -> int:
 def hot_path_run(raws: list[bytes], settings: Settings, codecs: Codecs) -> int:
     """What one worker and the sink do per event, minus Kafka and ClickHouse I/O: wire
     decode + contract checks, identity, engine, change encoding and the rows of the event
-    and its changes; then per batch of `worker_batch_events`, as the worker's write-behind
-    does (agents/write_behind.py), each state written in the batch is encoded once for the
-    changelog and turned into its ClickHouse row once."""
+    and its changes; then, as the worker's write-behind does (agents/write_behind.py),
+    the states written since the last write are encoded once each for the changelog and
+    turned into their ClickHouse rows once `worker_state_write_seconds` have passed
+    since the first batch (of `worker_batch_events`) that held them, checked at the end
+    of each batch, by the same `StateWrites` on the same clock; and at the end of the
+    pass, so every state written is encoded at least once. Returns the number of states
+    encoded (the work saved by the interval depends on how fast the pass runs, as in the
+    worker)."""
     policy, limits = settings.policy(), settings.limits()
     engine = PartitionEngine(policy, {}, settings.allowed_lateness_ms)
     store = engine.store
     now = int(time.time() * 1000)
     batch_events = settings.worker_batch_events
-    held: dict[bytes, None] = {}  # keys written in the batch, in first-write order
-    out_bytes = 0
+    writes = StateWrites(settings.worker_state_write_seconds)
+    held: dict[bytes, None] = {}  # keys written since the last write, in first-write order
+    encoded = 0
+    last = len(raws) - 1
     for offset, raw in enumerate(raws):
         e = accept(raw, now, codecs, limits)
         pid = person_id_for(e.user)
         out = engine.on_event(e, pid, offset, Outcome())
         event_row(e, pid, 0, offset)
         for c in out.changes:
-            out_bytes += len(codecs.encode_change(c))
+            codecs.encode_change(c)
             change_row(c)
         held.update(dict.fromkeys(out.written))
-        if (offset + 1) % batch_events == 0 or offset == len(raws) - 1:
-            out_bytes += _write_states(held, store, codecs)
-    return out_bytes
+        batch_end = (offset + 1) % batch_events == 0
+        if offset == last or (batch_end and not writes.hold(time.monotonic())):
+            encoded += _write_states(held, store, codecs)
+            writes.stored()
+    return encoded
 
 
 def _write_states(held: dict[bytes, None], store: Any, codecs: Codecs) -> int:
-    out_bytes = 0
     for key in held:
         s = store[key]
-        out_bytes += len(codecs.encode_state(s))
+        codecs.encode_state(s)
         brand, person_id = core.split_state_key(key.decode())
         state_row(brand, person_id, s)
+    written = len(held)
     held.clear()
-    return out_bytes
+    return written
 
 
 def core_rates(w: Workload, settings: Settings, repeats: int) -> dict[str, Any]:
@@ -113,9 +123,16 @@ def hot_path_rates(w: Workload, settings: Settings, repeats: int) -> dict[str, A
     codecs = Codecs()
     raws = [codecs.encode_event(e) for e in w.events]
     runs = [_timed(lambda: hot_path_run(raws, settings, codecs)) for _ in range(repeats)]
+    # The same pass writing the states after every batch (the worker before 802fac1, or
+    # TOUCHFLOW_WORKER_STATE_WRITE_SECONDS=0): what the interval saves, in the same run.
+    every_batch = settings.model_copy(update={"worker_state_write_seconds": 0.0})
+    runs_0 = [_timed(lambda: hot_path_run(raws, every_batch, codecs)) for _ in range(repeats)]
     return {
+        "hot_path_every_batch_events_per_s": len(w) / _median([s for s, _ in runs_0]),
+        "hot_path_every_batch_states_encoded_per_event": round(runs_0[0][1] / len(w), 3),
         "hot_path_events_per_s": len(w) / _median([s for s, _ in runs]),
         "hot_path_runs_events_per_s": [round(len(w) / s) for s, _ in runs],
+        "hot_path_states_encoded_per_event": [round(n / len(w), 3) for _, n in runs],
         "event_wire_bytes_mean": sum(map(len, raws)) / len(raws),
     }
 

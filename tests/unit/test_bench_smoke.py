@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 
 from bench.__main__ import IN_PROCESS_KEYS, main
+from bench.inprocess import hot_path_run
 from bench.workload import build
+from pipeline.codec import Codecs
+from pipeline.engine import PartitionEngine
 from pipeline.events import EventType
+from pipeline.settings import Settings
 
 
 def test_workload_mixes_every_kind_of_touch_over_a_zipf_population() -> None:
@@ -36,3 +40,22 @@ def test_in_process_parts_write_a_result_with_positive_figures(tmp_path: Path) -
         assert isinstance(latest[key], float) and latest[key] > 0, key
     assert latest["state_bytes_heavy"] > latest["state_bytes_typical"]
     assert "cores" in latest["machine"] and "Python 3.11" in latest["machine"]
+
+
+def test_hot_path_encodes_each_state_once_per_write_interval_as_the_worker_does() -> None:
+    w = build(2_000, 500, b"bench-test-key-0123456789", 1_700_000_000_000, 30)
+    codecs = Codecs()
+    raws = [codecs.encode_event(e) for e in w.events]
+    engine = PartitionEngine(Settings().policy(), {})
+    for offset, (e, pid) in enumerate(zip(w.events, w.person_ids, strict=True)):
+        engine.on_event(e, pid, offset)
+    people = len(engine.store)  # every state written at least once
+
+    def encoded(interval: float, batch: int = 100) -> int:
+        settings = Settings(worker_state_write_seconds=interval, worker_batch_events=batch)
+        return hot_path_run(raws, settings, codecs)
+
+    # an interval longer than the pass: one write at its end, each state encoded once
+    assert encoded(3600.0) == people
+    # after every batch: a person written in several batches is encoded in each
+    assert encoded(0.0) > encoded(0.0, batch=400) > people
