@@ -431,20 +431,21 @@ def derive(
     `changed`, the only facts that differ from those `scored` was derived on: when the
     rules read none of them (nor a changed AIPL stage), `scored`'s tags and layers hold."""
     today = rfm.day_of(now)
-    rp = policy.rfm_for(brand)
     book = policy.rules.for_brand(brand)
-    history = a.purchase_history()
     window = None
-    if history is not None:
-        # carried forward: same buckets, no due time (a bucket leaving is one) since
-        window = scored.window if scored is not None else None
-        if window is None:
-            window = rfm.window(a.buckets, today, rp)
     if scored is not None:
+        # carried forward: same buckets, no due time (a bucket leaving is one) since
+        if a.lifetime_orders > 0 and a.last_purchase_day >= 0:  # a purchase history
+            window = scored.window
+            if window is None:
+                window = rfm.window(a.buckets, today, policy.rfm_for(brand))
         scores, segment, life = scored.scores, scored.rfm_segment, scored.lifecycle
     else:
+        rp = policy.rfm_for(brand)
+        history = a.purchase_history()
         scores, segment = NO_SCORES, None
-        if window is not None:
+        if history is not None:
+            window = rfm.window(a.buckets, today, rp)
             rs = rfm.score_window(window, a.last_purchase_day, today, rp)
             scores = Scores(rs.r, rs.f, rs.m)
             segment = rfm.segment(rs, rp).value
@@ -455,6 +456,8 @@ def derive(
     if scored is not None and changed is not None and book.facts_used is not None:
         if scored.aipl_stage != stage:
             changed = changed | {"aipl_stage"}
+        elif window is scored.window and book.facts_used.isdisjoint(changed):
+            return scored  # nothing it holds moved: the same object (no new one, no diff)
         if book.facts_used.isdisjoint(changed):
             return Derived(scores, segment, stage, life, scored.tags, scored.layers, window)
     tags, layers = book.evaluate(facts(a, scores, segment, stage, life, today, window))
@@ -639,7 +642,7 @@ def _recompute(
         due = compute_due(agg, now, brand, policy)
     changes = (
         _changes(s.derived, derived, agg, brand, person_id, cause, at, s.seq, policy)
-        if derived != s.derived
+        if derived is not s.derived and derived != s.derived
         else []
     )
     new = PersonState(
