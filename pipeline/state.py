@@ -425,7 +425,7 @@ def derive(
 
     Shortcuts for a state carried forward (the caller checked that they apply):
     `scored`, a Derived whose RFM scores, segment and lifecycle still hold for `a` at
-    `now` (same `_scoring_inputs`, no due time passed): they are taken from it, and so is
+    `now` (`_same_scoring_inputs`, no due time passed): they are taken from it, and so is
     its RFM window's totals when it has them (the buckets are the same and none left the
     window: that would have been a due time); and
     `changed`, the only facts that differ from those `scored` was derived on: when the
@@ -464,18 +464,23 @@ def derive(
     return Derived(scores, segment, stage, life, tags, layers, window)
 
 
-def _scoring_inputs(a: Aggregates) -> tuple[Any, ...]:
-    """What RFM, the lifecycle and every due time (`compute_due`) read of the aggregates,
-    and the lifetime amount (a fact that only moves with them); with `_OTHER_FACTS`,
-    everything `derive` reads (tests/unit/test_carried_state.py checks it)."""
-    return (
-        a.buckets,
-        a.lifetime_orders,
-        a.lifetime_amount_minor,
-        a.first_purchase_day,
-        a.last_purchase_day,
-        a.previous_purchase_day,
-        rfm.day_of(a.first_seen),
+# What RFM, the lifecycle and every due time (`compute_due`) read of the aggregates, and
+# the lifetime amount (a fact that only moves with them), besides the day of `first_seen`;
+# with `_OTHER_FACTS`, everything `derive` reads (tests/unit/test_carried_state.py checks it).
+_scoring_fields_of = operator.attrgetter(
+    "buckets",
+    "lifetime_orders",
+    "lifetime_amount_minor",
+    "first_purchase_day",
+    "last_purchase_day",
+    "previous_purchase_day",
+)
+
+
+def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
+    """Whether RFM, the lifecycle and the due times read the same of `a` as of `b`."""
+    return a.first_seen // rfm.MS_PER_DAY == b.first_seen // rfm.MS_PER_DAY and (
+        _scoring_fields_of(a) == _scoring_fields_of(b)
     )
 
 
@@ -494,14 +499,22 @@ _OTHER_FACTS = (
 
 _other_facts_of = operator.attrgetter(*_OTHER_FACTS)
 _NONE_CHANGED: frozenset[str] = frozenset()
+# which of _OTHER_FACTS moved (a tuple of bools) -> their names: at most 2**7 entries
+_CHANGED_NAMES: dict[tuple[bool, ...], frozenset[str]] = {}
 
 
 def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
-    # one tuple compare in C first: most events move none of these (a purchase, a chat
-    # from a brand's staff) or one, and the per-name walk is only needed for which
-    if _other_facts_of(a) == _other_facts_of(b):
+    # tuple compares and maps in C: most events move none of these (a purchase, a chat
+    # from a brand's staff) or one (an inbound chat), and the names are built once
+    facts_a, facts_b = _other_facts_of(a), _other_facts_of(b)
+    if facts_a == facts_b:
         return _NONE_CHANGED
-    return frozenset([n for n in _OTHER_FACTS if getattr(a, n) != getattr(b, n)])
+    moved = tuple(map(operator.ne, facts_a, facts_b))
+    names = _CHANGED_NAMES.get(moved)
+    if names is None:
+        names = frozenset([n for n, m in zip(_OTHER_FACTS, moved, strict=True) if m])
+        _CHANGED_NAMES[moved] = names
+    return names
 
 
 def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) -> str:
@@ -626,11 +639,10 @@ def _recompute(
     `s` still hold and are kept, and the rules run only if they read a fact that changed.
     `same_policy=False` (the policy changed) re-derives everything."""
     now = s.as_of if s.as_of > at else at
-    rp = policy.rfm_for(brand)
-    trimmed = rfm.trim(agg.buckets, rfm.day_of(now), rp.window_days)
+    trimmed = rfm.trim(agg.buckets, now // rfm.MS_PER_DAY, policy.rfm_for(brand).window_days)
     if trimmed is not agg.buckets:
         agg = _with(agg, buckets=trimmed)
-    if same_policy and _holds_at(s, now) and _scoring_inputs(agg) == _scoring_inputs(s.agg):
+    if same_policy and _holds_at(s, now) and _same_scoring_inputs(agg, s.agg):
         due = s.due
         changed = _changed_other_facts(agg, s.agg)
         if changed:
