@@ -6,6 +6,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from pipeline import rfm
 from pipeline import state as core
@@ -165,3 +167,51 @@ def test_settings_refuse_bad_rules_at_start_up(tmp_path: Any) -> None:
     assert [t.name for t in policy.rules.default.tags] == ["big"]
     assert policy.version == policy.rules.version == "2026-11"
     assert replace(policy, dedup_window=3).dedup_window == 3
+
+
+# Every operator, nesting, a multi-operator comparison, `in` over strings, and a fallback.
+EVERY_FORM_RULES: dict[str, Any] = {
+    "default": {
+        "tags": [
+            {"name": "z_last", "when": {"lifetime_orders": {"gte": 1, "lt": 4}}},
+            {"name": "a_first", "when": {"any": [{"r": {"eq": 5}}, {"f": {"ne": 1}}]}},
+            {"name": "fresh", "when": {"lifecycle": {"in": ["new", "won_back"]}}},
+            {"name": "off", "when": {"subscribed": {"eq": False}}},
+            {"name": "calm", "when": {"not": {"all": [{"m": {"gt": 2}}, {"m": {"lte": 4}}]}}},
+            {"name": "late", "when": {"days_since_last_purchase": {"gte": 30}}},
+        ],
+        "layers": [
+            {
+                "name": "value",
+                "levels": [
+                    {"name": "high", "when": {"m": {"gte": 4}}},
+                    {"name": "mid", "when": {"any": [{"m": {"eq": 3}}, {"shares": {"gt": 2}}]}},
+                    {"name": "rest"},
+                ],
+            },
+            {"name": "lapse", "levels": [{"name": "yes", "when": {"r": {"lte": 1}}}]},
+        ],
+    }
+}
+
+_small = hs.one_of(hs.none(), hs.integers(0, 6))
+_FACTS = hs.fixed_dictionaries(
+    {
+        "lifetime_orders": _small, "r": _small, "f": _small, "m": _small, "shares": _small,
+        "converted_invitees": _small, "window_amount_minor": hs.sampled_from([None, 0, 300_000]),
+        "days_since_last_purchase": hs.one_of(hs.none(), hs.integers(0, 60)),
+        "subscribed": hs.sampled_from([None, True, False]),
+        "lifecycle": hs.sampled_from([None, "new", "active", "won_back"]),
+    }
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(facts=_FACTS)
+def test_the_generated_evaluation_agrees_with_each_condition_s_predicate(
+    facts: dict[str, Any],
+) -> None:
+    for spec in (EVERY_FORM_RULES, KOC_RULES, DEFAULT_RULES):
+        rules = compile_rules(spec).default
+        assert rules.compiled is not None
+        assert rules.compiled(facts) == rules.evaluate_each(facts)
