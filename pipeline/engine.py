@@ -141,10 +141,9 @@ class PartitionEngine:
         if due and due[0][0] <= wm:  # most events find nothing due: no call, no list
             out.changes += self.fire_due(wm, out.written)
         # The brand's own view, then each brand group's (cross-brand) view of the person.
-        for brand in (event.brand, *self.policy.groups_of(event.brand)):
-            own = brand == event.brand
-            scoped = event if own else replace(event, brand=brand)
-            self._apply(scoped, person_id, offset, out, own, source)
+        self._apply(event, person_id, offset, out, True, source)
+        for group in self.policy.groups_of(event.brand):
+            self._apply(replace(event, brand=group), person_id, offset, out, False, source)
         return out
 
     def _apply(

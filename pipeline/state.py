@@ -540,24 +540,18 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
     today among the recency thresholds, window exits, lifecycle and rule day thresholds."""
     today = rfm.day_of(as_of)
     rp = policy.rfm_for(brand)
-    best = -1
-
-    def consider(day: int) -> None:
-        nonlocal best
-        if day > today and (best < 0 or day < best):
-            best = day
-
+    # the smallest candidate day after today (a list and one min(), not a closure per call)
+    ahead: list[int] = []
     if a.last_purchase_day >= 0:
         for t in rp.recency_days:  # ascending: the first one ahead is the earliest
             if a.last_purchase_day + t + 1 > today:
-                consider(a.last_purchase_day + t + 1)
+                ahead.append(a.last_purchase_day + t + 1)
                 break
     for d, _, _ in a.buckets:  # sorted by day: the first to leave the window comes first
         if d + rp.window_days > today:
-            consider(d + rp.window_days)
+            ahead.append(d + rp.window_days)
             break
-    for d in lc.transition_days(a.purchase_history(), policy.lifecycle):
-        consider(d)
+    ahead += lc.transition_days(a.purchase_history(), policy.lifecycle)
     day_thresholds = policy.rules.for_brand(brand).day_thresholds
     if day_thresholds:
         anchors = {
@@ -568,8 +562,9 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
             anchor = anchors[counter]
             if anchor >= 0:  # a threshold k flips `== k`, `>= k` ... on day anchor+k or +k+1
                 for k in thresholds:
-                    consider(anchor + k)
-                    consider(anchor + k + 1)
+                    ahead.append(anchor + k)
+                    ahead.append(anchor + k + 1)
+    best = min([d for d in ahead if d > today], default=-1)
     return best * rfm.MS_PER_DAY if best >= 0 else DUE_NEVER
 
 
@@ -608,19 +603,21 @@ def _changes(
             if b != a:
                 moves.append((f"layer:{layer}", b, a, book.explain_level(layer, a)))
     return [
+        # positional, in field order: (brand, person_id, dimension, from_value, to_value,
+        # rule, cause_event_id, event_time, seq, scores_before, scores_after, policy_version)
         SegmentChange(
-            brand=brand,
-            person_id=person_id,
-            dimension=dim,
-            from_value=b,
-            to_value=a,
-            rule=rule,
-            cause_event_id=cause,
-            event_time=at,
-            seq=seq + i + 1,
-            scores_before=before.scores,
-            scores_after=after.scores,
-            policy_version=policy.version,
+            brand,
+            person_id,
+            dim,
+            b,
+            a,
+            rule,
+            cause,
+            at,
+            seq + i + 1,
+            before.scores,
+            after.scores,
+            policy.version,
         )
         for i, (dim, b, a, rule) in enumerate(moves)
     ]
@@ -768,7 +765,10 @@ def apply_new(
     t = event.occurred_at
     if state is None:
         state = PersonState(as_of=t, agg=Aggregates(first_seen=t, last_seen=t))
-    state, changes = advance(state, event.brand, person_id, t, policy)
+    if state.due == DUE_NEVER or t < state.due:  # most events: no due time passed
+        changes: list[SegmentChange] = []
+    else:
+        state, changes = advance(state, event.brand, person_id, t, policy)
     a = _EFFECTS.get(event.type, _on_other)(state.agg, event)
     recent = (*state.recent_event_ids, event.event_id)[-policy.dedup_window :]
     last_offset = state.last_offset if state.last_offset > offset else offset
