@@ -22,7 +22,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
 
 from pipeline import state as core
-from pipeline.events import Touchpoint
+from pipeline.events import EventType, Touchpoint
 
 Store = MutableMapping[bytes, core.PersonState]
 
@@ -160,10 +160,10 @@ class PartitionEngine:
         if old is not None and 0 <= offset <= old.last_offset:
             out.redelivered = True  # its effects are already in the state
             return
-        if core.is_forwarded_again(old, source):
+        if source is not None and core.is_forwarded_again(old, source):
             out.redelivered = True  # forwarded again by a resolver that restarted
             return
-        if core.is_duplicate(old, event):
+        if old is not None and event.event_id in old.recent_event_ids:  # core.is_duplicate
             out.duplicate = True
             return
         new, changes = core.apply_new(old, event, person_id, self.policy, offset, source)
@@ -171,8 +171,10 @@ class PartitionEngine:
         self.rescheduled(key, old, new)
         out.written.append(key)
         out.changes += changes
+        if event.type != EventType.PURCHASE or not own_brand:
+            return  # only a purchase converts; groups see the same referral already
         referrer = core.referral_conversion(old, new, event, self.policy)
-        if referrer is not None and own_brand:  # groups see the same referral already
+        if referrer is not None:
             out.referrals.append((event.brand, referrer, person_id, event.occurred_at))
 
     def on_referral(self, brand: str, referrer: str, invitee: str, at: int, out: Outcome) -> None:
