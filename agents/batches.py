@@ -75,7 +75,10 @@ async def finished_batches(
     With `holding`, a body may finish a batch but hold its work (states not stored yet):
     the batch is then acknowledged together with the first later batch after which
     nothing is held. While work is held and no message comes, an empty batch is handed
-    over when `holding.due_in` says the work is due, so it is stored without traffic.
+    over, so the work is stored without traffic: when `holding.due_in` says it is due,
+    or sooner, once no message has come for `within` seconds. Holding saves work while
+    messages keep coming; once the input is idle it would only delay the store (and the
+    commit, and what a crash must replay).
 
     Messages fetched before the latest rebalance (an older consumer generation, or taken
     while flow is suspended) are left out and marked acknowledged, so no ack of ours
@@ -91,7 +94,10 @@ async def finished_batches(
     carried: list[Message] = []  # finished, held: acknowledged once stored
     try:
         while True:
-            wait = holding.due_in(time.monotonic()) if holding is not None and carried else None
+            wait = None
+            if holding is not None and carried:
+                due = holding.due_in(time.monotonic())
+                wait = within if due is None else min(due, within)  # due, or idle
             try:
                 batch = await _fill(queue, size, within, wait)
             except StopAsyncIteration:  # what Faust throws into its channels on stopping

@@ -157,7 +157,8 @@ class Settings(BaseSettings):
     # A batch's states are written to the changelog (and its events acknowledged) at most
     # this long after the batch: the batches in between send their segment changes at
     # once and hold their states, so a busy person is written once per interval, not once
-    # per batch (agents.write_behind.StateWrites). 0: every batch writes its states.
+    # per batch (agents.write_behind.StateWrites); sooner once no event has come for a
+    # batch window (worker_batch_seconds: the input is idle). 0: every batch writes its states.
     worker_state_write_seconds: float = Field(default=1.0, ge=0)
     # The worker's cyclic garbage collector (agents.collector): a young collection every
     # this many allocations (0: Python's own 700), and what is alive once a recovery

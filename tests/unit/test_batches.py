@@ -250,18 +250,58 @@ async def test_held_batches_whose_later_body_fails_are_never_acknowledged() -> N
 async def test_held_work_comes_due_without_traffic_as_an_empty_batch() -> None:
     h = Harness()
     writes = StateWrites(0.2)
-    batches, first = await opened(h, 10, 0.02, writes)
+    batches, first = await opened(h, 10, 0.3, writes)  # due before a batch window is idle
     await h.deliver(3)
     assert offsets(await first) == [0, 1, 2]
     assert writes.hold(time.monotonic())  # the body holds its states
     start = time.monotonic()
     assert await asyncio.wait_for(batches.__anext__(), 5) == []
-    assert time.monotonic() - start >= 0.15
+    assert 0.15 <= time.monotonic() - start < 0.3
     assert h.acked_offsets() == []  # not before the body of the empty batch stored them
     writes.stored()
     await h.deliver(1)
     await asyncio.wait_for(batches.__anext__(), 5)
     assert h.acked_offsets() == [0, 1, 2]
+
+
+async def test_held_work_is_stored_once_the_input_is_idle_for_a_batch_window() -> None:
+    """Holding saves work while messages keep coming; when none comes within a batch
+    window, the held work is stored then, long before it is due."""
+    h = Harness()
+    writes = StateWrites(30.0)
+    batches, first = await opened(h, 100, 0.05, writes)
+    await h.deliver(3)
+    assert offsets(await first) == [0, 1, 2]
+    assert writes.hold(time.monotonic())
+    start = time.monotonic()
+    assert await asyncio.wait_for(batches.__anext__(), 5) == []
+    assert time.monotonic() - start < 5.0  # idle after 0.05 s; due only after 30 s
+    writes.stored()
+    await h.deliver(1)
+    await asyncio.wait_for(batches.__anext__(), 5)
+    assert h.acked_offsets() == [0, 1, 2]
+
+
+async def test_held_work_stays_held_while_messages_keep_coming() -> None:
+    h = Harness()
+    writes = StateWrites(30.0)
+    batches, first = await opened(h, 2, 0.2, writes)
+
+    async def trickle() -> None:  # a message every 20 ms: never a batch window idle
+        for _ in range(20):
+            await h.deliver(1)
+            await asyncio.sleep(0.02)
+
+    sending = asyncio.ensure_future(trickle())
+    taken = offsets(await first)
+    while len(taken) < 20:
+        assert writes.hold(time.monotonic())  # every batch's body holds its states
+        batch = await asyncio.wait_for(batches.__anext__(), 5)
+        assert batch, "an empty batch while messages were coming"
+        taken += offsets(batch)
+    await sending
+    assert h.acked_offsets() == []  # all held: none stored, none acknowledged
+    assert taken == list(range(20))
 
 
 async def test_held_messages_of_an_ended_generation_are_marked_not_acknowledged() -> None:
