@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     sink_group: str = "touchflow-sink"
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_flush_seconds: float = Field(default=1.0, gt=0)
+    # Once caught up (a fetch brings nothing new), the sink flushes a batch at least this
+    # old instead of waiting for sink_flush_seconds: rows land sooner when traffic pauses,
+    # and a table gets at most one insert per this many seconds. >= sink_flush_seconds: off.
+    sink_idle_flush_seconds: float = Field(default=0.25, gt=0)
     # The sink's /metrics HTTP port (workers serve theirs on web_port); 0 = no server.
     sink_metrics_port: int = Field(default=0, ge=0, le=65535)
     # How often a worker refreshes its consumer-lag and state-size gauges.

@@ -1,9 +1,10 @@
 """Kafka -> ClickHouse sink: batches, deduplication tokens, commit after store.
 
 Reads three topics with its own consumer group: accepted events, segment changes and the
-state table's changelog. A batch is flushed when it holds `sink_batch_rows` messages or is
-`sink_flush_seconds` old; offsets are committed only after every insert of the batch is
-stored. The buffer is bounded: a fetch asks for no more than the room left in the batch,
+state table's changelog. A batch is flushed when it holds `sink_batch_rows` messages, when
+it is `sink_flush_seconds` old, or when a fetch brings nothing new and it is at least
+`sink_idle_flush_seconds` old (the sink has caught up); offsets are committed only after
+every insert of the batch is stored. The buffer is bounded: a fetch asks for no more than the room left in the batch,
 and nothing is fetched while a flush (or its retries) runs, so the broker keeps the
 backlog (back-pressure instead of growing or dropping).
 
@@ -205,8 +206,13 @@ class ClickHouseSink:
                 self.buffered = batch.messages
                 self.peak_buffered = max(self.peak_buffered, batch.messages)
                 full = batch.messages >= s.sink_batch_rows
-                due = batch.spans and time.monotonic() - batch.started >= s.sink_flush_seconds
-                if full or due or capped:
+                age = time.monotonic() - batch.started
+                due = batch.spans and age >= s.sink_flush_seconds
+                # Caught up: a whole fetch wait brought nothing, so waiting out the flush age
+                # would only delay the rows. The floor keeps it to a few inserts per second
+                # per table when traffic comes in short bursts.
+                idle = batch.spans and not fetched and age >= s.sink_idle_flush_seconds
+                if full or due or idle or capped:
                     try:
                         batch = await self._flush(batch, consumer)
                     except Regrouped as refused:

@@ -1,7 +1,8 @@
 """The sink on the real broker and chDB: a crash between insert and offset commit, then a
 restart that re-reads the same offsets, stores nothing twice; while ClickHouse refuses
-inserts the sink holds a bounded batch and fetches nothing more (back-pressure); and it
-describes a table's columns once, not before every insert.
+inserts the sink holds a bounded batch and fetches nothing more (back-pressure); it
+describes a table's columns once, not before every insert; and once caught up it stores a
+batch without waiting for the flush age.
 
 Duplicates are counted on the raw table (no FINAL) with merges stopped, so a background
 merge of the ReplacingMergeTree cannot hide a duplicate and let the test pass by luck.
@@ -291,3 +292,34 @@ async def test_a_sink_started_before_its_broker_waits_for_it(tmp_path: Path, chd
         if not task.done():
             task.cancel()
         sink.close()
+
+
+@pytest.mark.parametrize("idle_flush", [0.25, 8.0])  # 8 s: longer than the group join
+async def test_a_caught_up_sink_stores_its_batch_without_waiting_for_the_flush_age(
+    topics: Settings, client: Any, idle_flush: float
+) -> None:
+    # A flush age no test waits for: only the sink having caught up can store the rows,
+    # and not before the batch is `idle_flush` old (the floor on inserts per table).
+    settings = topics.model_copy(
+        update={
+            "sink_batch_rows": 1_000,
+            "sink_flush_seconds": 120.0,
+            "sink_idle_flush_seconds": idle_flush,
+        }
+    )
+    await publish(settings, events(0, 30))
+    batches_before = sink_batches()
+
+    async def stored_30() -> bool:
+        return stored(client)[1] == 30
+
+    async with running(ClickHouseSink(settings, settings.kafka_bootstrap)):
+        started = time.monotonic()
+        await async_wait_until(stored_30, 30, "30 events, long before the flush age")
+        assert idle_flush <= time.monotonic() - started < 60
+    assert stored(client) == (30, 30, 30)
+    assert sink_batches() - batches_before == 1  # the sink caught up once: one batch
+
+
+def sink_batches() -> float:
+    return metrics.SINK.get_sample_value("touchflow_sink_batch_seconds_count") or 0.0
