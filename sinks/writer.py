@@ -4,9 +4,9 @@ Reads three topics with its own consumer group: accepted events, segment changes
 state table's changelog. A batch is flushed when it holds `sink_batch_rows` messages, when
 it is `sink_flush_seconds` old, or when a fetch brings nothing new and it is at least
 `sink_idle_flush_seconds` old (the sink has caught up); offsets are committed only after
-every insert of the batch is stored. The buffer is bounded: a fetch asks for no more than the room left in the batch,
-and nothing is fetched while a flush (or its retries) runs, so the broker keeps the
-backlog (back-pressure instead of growing or dropping).
+every insert of the batch is stored. The buffer is bounded: a fetch asks for no more than
+the room left in the batch, and nothing is fetched while a flush (or its retries) runs,
+so the broker keeps the backlog (back-pressure instead of growing or dropping).
 
 Exactly-once into ClickHouse despite at-least-once delivery (docs/storage.md): each insert
 holds the rows of *one* source partition's offset span and carries a token naming that
