@@ -25,6 +25,7 @@ from pipeline import state as core
 from pipeline.events import EventType, Touchpoint
 
 Store = MutableMapping[bytes, core.PersonState]
+_PURCHASE = EventType.PURCHASE  # bound once: an enum member looked up per event is not free
 
 
 class Outcome:
@@ -171,7 +172,7 @@ class PartitionEngine:
         self.rescheduled(key, old, new)
         out.written.append(key)
         out.changes += changes
-        if event.type != EventType.PURCHASE or not own_brand:
+        if event.type != _PURCHASE or not own_brand:
             return  # only a purchase converts; groups see the same referral already
         referrer = core.referral_conversion(old, new, event, self.policy)
         if referrer is not None:

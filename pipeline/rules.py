@@ -336,21 +336,16 @@ def compile_brand_rules(spec: Mapping[str, Any], where: str) -> BrandRules:
         if not isinstance(levels_spec, list) or not levels_spec:
             raise RuleError(f"{at}.levels: expected a non-empty list of levels")
         levels = []
+        level_conds: list[tuple[str, Any]] = []
         for j, lev in enumerate(levels_spec):
             lat = f"{at}.levels[{j}]"
             cond = lev.get("when") if isinstance(lev, Mapping) else None
             test = _always if cond is None else _compile(cond, f"{lat}.when", reads)
-            levels.append(Level(_name(lev, lat), test, _text(cond)))
+            level = _name(lev, lat)
+            levels.append(Level(level, test, _text(cond)))
+            level_conds.append((level, cond))
         layers.append(Layer(name, tuple(levels)))
-        layer_conds.append(
-            (
-                name,
-                [
-                    (lev.name, lev_spec.get("when"))
-                    for lev, lev_spec in zip(levels, levels_spec, strict=True)
-                ],
-            )
-        )
+        layer_conds.append((name, level_conds))
     return BrandRules(
         tags=tuple(tags),
         layers=tuple(layers),

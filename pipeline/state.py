@@ -454,11 +454,12 @@ def derive(
     window_orders = window.orders if window else 0
     stage = stages.aipl_stage(a.engagements, a.lifetime_orders, window_orders, policy.aipl).value
     if scored is not None and changed is not None and book.facts_used is not None:
-        if scored.aipl_stage != stage:
+        same_stage = scored.aipl_stage == stage
+        if not same_stage:
             changed = changed | {"aipl_stage"}
-        elif window is scored.window and book.facts_used.isdisjoint(changed):
-            return scored  # nothing it holds moved: the same object (no new one, no diff)
         if book.facts_used.isdisjoint(changed):
+            if same_stage and window is scored.window:
+                return scored  # nothing it holds moved: the same object (no new one, no diff)
             return Derived(scores, segment, stage, life, scored.tags, scored.layers, window)
     tags, layers = book.evaluate(facts(a, scores, segment, stage, life, today, window))
     return Derived(scores, segment, stage, life, tags, layers, window)
