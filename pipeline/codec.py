@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import fastavro
 
+from pipeline.avro_reader import compile_reader
 from pipeline.avro_writer import ObjectLayout, compile_object_writer, compile_writer
 from pipeline.errors import Reason, Rejected
 from pipeline.events import (
@@ -87,6 +88,7 @@ class WireCodec:
         self._header = HEADER.pack(MAGIC, self.schema_id)
         self._writers: dict[int, Any] = {}
         self._compiled = compile_writer(self.schema)  # None: fastavro writes it
+        self._reader = compile_reader(self.schema)  # None: fastavro reads it
         # None (no layout, or a schema with a field it does not place): via the record
         self._object_writer = compile_object_writer(self.schema, layout) if layout else None
 
@@ -121,6 +123,8 @@ class WireCodec:
             except KeyError:
                 raise Rejected(Reason.UNKNOWN_SCHEMA, f"schema id {schema_id}") from None
             self._writers[schema_id] = writer
+        if schema_id == self.schema_id and self._reader is not None:
+            return self._read_compiled(data)
         body = io.BytesIO(data)
         body.seek(HEADER.size)
         reader = None if schema_id == self.schema_id else self.schema
@@ -136,6 +140,21 @@ class WireCodec:
             raise Rejected(Reason.MALFORMED, f"{len(data) - body.tell()} bytes after the record")
         if not isinstance(decoded, dict):
             raise Rejected(Reason.MALFORMED, f"decoded a {type(decoded).__name__}, not a record")
+        return decoded
+
+    def _read_compiled(self, data: bytes) -> dict[str, Any]:
+        """`decode` of a message written with this codec's own schema (no resolution)."""
+        assert self._reader is not None
+        if type(data) is not bytes:  # the reader slices and decodes: a memoryview cannot
+            data = bytes(data)
+        try:
+            decoded, end = self._reader(data, HEADER.size)
+        except (EOFError, IndexError):
+            raise Rejected(Reason.TRUNCATED, "Avro body ends early") from None
+        except Exception as exc:  # as fastavro: every kind of garbage means the same
+            raise Rejected(Reason.MALFORMED, f"{type(exc).__name__}: {exc}") from None
+        if end != len(data):
+            raise Rejected(Reason.MALFORMED, f"{len(data) - end} bytes after the record")
         return decoded
 
 
