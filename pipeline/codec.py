@@ -242,14 +242,15 @@ def touchpoint_from_record(r: dict[str, Any]) -> Touchpoint:
         raise Rejected(
             Reason.TYPE_MISMATCH, f"type {r['type']!r} but payload is {record_name.split('.')[-1]}"
         )
-    return Touchpoint(
-        event_id=r["event_id"],
-        type=event_type,
-        brand=r["brand"],
-        channel=r["channel"],
-        user=UserRef(r["user"]["id_type"], r["user"]["id"]),
-        occurred_at=r["occurred_at"],
-        payload=kind.from_avro(payload),
+    user = r["user"]
+    return Touchpoint(  # positional: ~0.3 µs less per event than by keyword
+        r["event_id"],
+        event_type,
+        r["brand"],
+        r["channel"],
+        UserRef(user["id_type"], user["id"]),
+        r["occurred_at"],
+        kind.from_avro(payload),
     )
 
 
