@@ -13,7 +13,7 @@ straight from the objects (`s.agg.first_seen`, tuples of buckets) through a layo
 per-write dict of 35 fields and the dicts of each bucket and order are never built; and
 varints of two bytes or more (every timestamp) are written inline, not by a call that
 built a temporary `bytes`. Together ~1.5x on the states of a workload (paired runs,
-docs/benchmarks.md, "What changed in 93416a6"). Arrays a layout names as `memoized`
+docs/benchmarks-history.md, "What changed in 93416a6"). Arrays a layout names as `memoized`
 (tuples of immutable items, e.g. a customer's purchase buckets) are encoded once per
 tuple object: most events leave them alone, so the next batch writes the same tuple
 again, and its bytes are copied instead of re-encoded item by item (a heavy customer's
@@ -48,12 +48,15 @@ class ObjectLayout:
     "amount_minor")` for buckets held as `(day, orders, amount)`). `prelude`: statements
     run first, naming what several expressions share (e.g. `"a = s.agg"`).
     `memoized`: array fields held as tuples of immutable values (ints, strings, tuples of
-    them), whose encoded bytes the writer remembers per tuple object (`ArrayMemo`)."""
+    them), whose encoded bytes the writer remembers per tuple object (`ArrayMemo`).
+    `objects`: record fields held as an object whose attributes are named as the
+    record's fields (e.g. a change's `scores_before`, a `Scores`)."""
 
     fields: Mapping[str, str]
     items: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     prelude: tuple[str, ...] = ()
     memoized: frozenset[str] = frozenset()
+    objects: frozenset[str] = frozenset()
 
 
 class ArrayMemo:
@@ -94,6 +97,7 @@ class _Source:
         self.named: dict[str, Any] = {}  # records by full name, for later references
         self.open: set[str] = set()  # records being written: a reference back is recursion
         self.memoized: set[str] = set()  # variables holding an array to memoize
+        self.objects: set[str] = set()  # variables holding a record as an object
         self.scope: dict[str, Any] = {}  # names the generated code reads (memos)
 
     def name(self, stem: str) -> str:
@@ -149,6 +153,8 @@ class _Source:
                         self.item_fields[v] = self.layout.items[f["name"]]
                     if f["name"] in self.layout.memoized:
                         self.memoized.add(v)
+                    if f["name"] in self.layout.objects:
+                        self.objects.add(v)
                 self.value(indent, f["type"], v)
             self.open.discard(schema["name"])
         elif kind == "array" and expr in self.memoized:
@@ -191,6 +197,8 @@ class _Source:
             if name not in self.layout.fields:
                 raise Unsupported(f"no layout for field {name}")
             return self.layout.fields[name]
+        if expr in self.objects:
+            return f"{expr}.{name}"
         names = self.item_fields.get(expr)
         if names is None or name not in names:
             raise Unsupported(f"no layout for {name} of an item")

@@ -353,6 +353,13 @@ def state_to_record(s: PersonState) -> dict[str, Any]:
     }
 
 
+# Where `change_to_record` finds each field, for the change's compiled writer: the same
+# names, its two `Scores` by attribute (~0.3 µs less per change than building the dict).
+CHANGE_LAYOUT = ObjectLayout(
+    fields={f.name: f"s.{f.name}" for f in fields(SegmentChange)},
+    objects=frozenset({"scores_before", "scores_after"}),
+)
+
 # Where `state_to_record` finds each field, for the state's compiled writer (it encodes
 # the same bytes without building that dict: tests/unit/test_avro_writer.py).
 STATE_LAYOUT = ObjectLayout(
@@ -382,7 +389,8 @@ STATE_LAYOUT = ObjectLayout(
         "layers": ("layer", "level"),
     },
     # Purchases and refunds change these; the other ~85 % of events keep the same tuples,
-    # which the next batch writes again (docs/benchmarks.md, "What changed in 5088a57-2f3dc50").
+    # which the next batch writes again (docs/benchmarks-history.md, "What changed in
+    # 5088a57-2f3dc50").
     memoized=frozenset({"buckets", "recent_orders"}),
 )
 
@@ -444,7 +452,7 @@ class Codecs:
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
         registry = registry if registry is not None else FileSchemaRegistry()
         self.events = WireCodec(registry, EVENTS_SUBJECT)
-        self.changes = WireCodec(registry, CHANGES_SUBJECT)
+        self.changes = WireCodec(registry, CHANGES_SUBJECT, CHANGE_LAYOUT)
         self.state = WireCodec(registry, STATE_SUBJECT, STATE_LAYOUT)
 
     def encode_event(self, e: Touchpoint) -> bytes:
@@ -454,7 +462,7 @@ class Codecs:
         return touchpoint_from_record(self.events.decode(data))
 
     def encode_change(self, c: SegmentChange) -> bytes:
-        return self.changes.encode(change_to_record(c))
+        return self.changes.encode_object(c, change_to_record)
 
     def decode_change(self, data: bytes) -> SegmentChange:
         return change_from_record(self.changes.decode(data))

@@ -9,7 +9,13 @@ import fastavro
 import pytest
 
 from pipeline.avro_writer import ArrayMemo, ObjectLayout, compile_object_writer, compile_writer
-from pipeline.codec import STATE_LAYOUT, Codecs, change_to_record, state_to_record
+from pipeline.codec import (
+    CHANGE_LAYOUT,
+    STATE_LAYOUT,
+    Codecs,
+    change_to_record,
+    state_to_record,
+)
 from pipeline.engine import Outcome, PartitionEngine
 from pipeline.generator import TrafficGenerator
 from pipeline.identity import person_id_for
@@ -36,12 +42,13 @@ def compiled_bytes(schema: Any, record: dict[str, Any]) -> bytes:
 
 
 def test_the_state_and_change_schemas_compile() -> None:
-    """Also: the layout places every field of the current state schema, so the state
-    is written from the objects (a new field must be added to STATE_LAYOUT)."""
+    """Also: the layouts place every field of the current state and change schemas, so
+    both are written from their objects (a new field must be added to the layout)."""
     codecs = Codecs()
     assert compile_writer(codecs.state.schema) is not None
     assert compile_writer(codecs.changes.schema) is not None
     assert compile_object_writer(codecs.state.schema, STATE_LAYOUT) is not None
+    assert compile_object_writer(codecs.changes.schema, CHANGE_LAYOUT) is not None
 
 
 @pytest.mark.parametrize("state", STATES, ids=["empty", "full"])
@@ -61,11 +68,16 @@ def test_a_state_schema_field_the_layout_does_not_place_falls_back_to_the_record
     assert compile_object_writer(codecs.state.schema, partial) is None
 
 
-def test_an_object_layout_reads_attributes_tuple_items_and_a_prelude() -> None:
+def test_an_object_layout_reads_attributes_tuple_items_objects_and_a_prelude() -> None:
+    class Point:
+        def __init__(self, n: int) -> None:
+            self.y, self.x = f"y{n}", n // 3  # attribute order unlike the schema's
+
     class Obj:
         def __init__(self, n: int) -> None:
             self.n, self.inner = n, self
             self.pairs = tuple((k, n - k) for k in range(abs(n) % 4))
+            self.point = Point(n)
 
     schema = fastavro.parse_schema(
         {
@@ -88,13 +100,25 @@ def test_an_object_layout_reads_attributes_tuple_items_and_a_prelude() -> None:
                         },
                     },
                 },
+                {
+                    "name": "point",
+                    "type": {
+                        "type": "record",
+                        "name": "t.Point",
+                        "fields": [
+                            {"name": "x", "type": "long"},
+                            {"name": "y", "type": "string"},
+                        ],
+                    },
+                },
             ],
         }
     )
     layout = ObjectLayout(
-        fields={"n": "s.n", "m": "i.n", "pairs": "s.pairs"},
+        fields={"n": "s.n", "m": "i.n", "pairs": "s.pairs", "point": "s.point"},
         items={"pairs": ("b", "a")},  # the tuple holds b first: the writer must reorder
         prelude=("i = s.inner",),
+        objects=frozenset({"point"}),
     )
     writer = compile_object_writer(schema, layout)
     assert writer is not None
@@ -102,8 +126,15 @@ def test_an_object_layout_reads_attributes_tuple_items_and_a_prelude() -> None:
         o = Obj(n)
         out = bytearray()
         writer(o, out)
-        record = {"n": n, "m": n, "pairs": [{"a": a, "b": b} for b, a in o.pairs]}
+        record = {
+            "n": n,
+            "m": n,
+            "pairs": [{"a": a, "b": b} for b, a in o.pairs],
+            "point": {"x": n // 3, "y": f"y{n}"},
+        }
         assert bytes(out) == fastavro_bytes(schema, record)
+    no_objects = ObjectLayout(fields=layout.fields, items=layout.items, prelude=layout.prelude)
+    assert compile_object_writer(schema, no_objects) is None  # a record it cannot place
 
 
 def test_every_state_and_change_of_a_workload_encodes_as_fastavro_does() -> None:
