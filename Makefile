@@ -37,7 +37,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix pipeline agents sinks tests bench examples
 	$(BIN)/ruff format pipeline agents sinks tests bench examples
 
-## Performance benchmark (~10–17 min on 2 cores; ARGS="--quick" for a smoke run): see docs/benchmarks.md.
+## Performance benchmark (~9 min on 2 cores; ARGS="--quick" for a smoke run): see docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 

@@ -6,7 +6,7 @@ objects have survived into the oldest generation. The worker allocates several o
 per event (a state is ~8 tracked objects) and keeps most of them, and its states never
 form cycles, so nearly all of that work finds nothing: on a 120 000-event benchmark run
 the collector took ~2.4 s of the worker's ~15.7 s of CPU (17 full collections of ~0.1 s
-each, and 2 100 young ones) and collected a few hundred objects (docs/benchmarks.md,
+each, and 2 100 young ones) and collected a few hundred objects (docs/benchmarks-history.md,
 "The garbage collector").
 
 Two settings, both of the collector only (reference counting frees everything acyclic, as

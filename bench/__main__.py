@@ -94,7 +94,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     # The throughput run is long enough (~14 s here) that what every run pays once (the
     # first fetch, the last offset commit, the sink's last flush: ~1.2 s together) is a
     # small part of it; at 30 000 events it was ~27 %, which understated the sustained
-    # rate of the faster of the two workers the most (docs/benchmarks.md, "Run length").
+    # rate of the faster of the two workers the most (docs/benchmarks-history.md, "Run length").
     # Its population grows with it, so the mix (new people per event) stays as it was.
     full = dict(repeats=3, e2e_runs=3, events=40_000, people=20_000, e2e_events=120_000,
                 e2e_people=80_000, rate=5_000.0, latency_seconds=20.0,
@@ -159,7 +159,7 @@ def end_to_end(a: argparse.Namespace, settings: Settings, logs: Path) -> dict[st
     for i in range(a.e2e_runs):
         # A broker per run, so every run starts from the same state: with one broker for
         # all (Tansu keeps every topic in memory), the last run was the slowest in seven
-        # invocations; with a broker each, in none of three (docs/benchmarks.md, "A broker
+        # invocations; with a broker each, in none of three (docs/benchmarks-history.md, "A broker
         # per run").
         with EmbeddedBroker(log_file=logs / f"broker-{i + 1}.log") as broker:
             tput = workload.build(

@@ -247,7 +247,7 @@ async def run(
         # Throughput: publish everything as fast as possible; done when the worker has
         # committed it all and every event, change and state is queryable in ClickHouse.
         # The records are built before the clock starts, for both workers: encoding the
-        # workload is the producers' work, not the system's (docs/benchmarks.md,
+        # workload is the producers' work, not the system's (docs/benchmarks-history.md,
         # "The clock starts at the first send").
         began = time.monotonic()
         records = avro(codecs, throughput)

@@ -42,7 +42,7 @@ FETCH_WAIT_MS = 50
 # send(). Unbatched (linger 0, as before 2026-12-05), 5 000 ev/s wrote a record batch of a
 # few events every few ms per partition, and Tansu's fetch cost grows with the batches a
 # partition holds: its CPU went 18 -> 94 % in 20 s and p99 rose to 1.3 s
-# (bench.broker_fetch_cost --linger-ms; docs/benchmarks.md, "What changed in 4578eed and
+# (bench.broker_fetch_cost --linger-ms; docs/benchmarks-history.md, "What changed in 4578eed and
 # 1249a84").
 STALL_TICK = 0.01  # the probe's loop is sampled with sleeps of this length
 DRAIN_TIMEOUT = 600.0

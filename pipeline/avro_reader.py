@@ -5,7 +5,7 @@ Why: every event a worker or the sink takes in is decoded first, and fastavro's
 touchpoint, plus ~1 µs of our own around it (a `BytesIO`, the position checks). The same
 schema turned once into Python source — one block per field, a one-byte number read
 without a loop, strings sliced straight from the message — decodes the same record in
-about half that (docs/benchmarks.md, "Stop 37"). The mirror of `pipeline.avro_writer`.
+about half that (docs/benchmarks-history.md, "Stop 37"). The mirror of `pipeline.avro_writer`.
 
 The output is fastavro's, value for value, as `WireCodec` calls it
 (`return_record_name=True, return_record_name_override=True`: a record in a union with
