@@ -18,6 +18,7 @@ from pipeline.identity import person_id_for
 from pipeline.rfm import MS_PER_DAY
 from pipeline.settings import Settings
 from pipeline.state import PersonState
+from tests.unit.test_avro_writer import fastavro_bytes
 
 NOW = 1_790_000_000_000
 LONGS = [-(2**63), -(2**31), -65, -64, -1, 0, 1, 63, 64, 127, 128, 8191, 8192, 2**63 - 1]
@@ -30,12 +31,6 @@ def fastavro_read(schema: Any, data: bytes) -> tuple[Any, int]:
         body, schema, None, return_record_name=True, return_record_name_override=True
     )
     return record, body.tell()
-
-
-def fastavro_bytes(schema: Any, record: Any) -> bytes:
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, schema, record)
-    return buf.getvalue()
 
 
 def compiled(schema: Any) -> Any:
