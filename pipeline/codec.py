@@ -243,7 +243,7 @@ def touchpoint_from_record(r: dict[str, Any]) -> Touchpoint:
             Reason.TYPE_MISMATCH, f"type {r['type']!r} but payload is {record_name.split('.')[-1]}"
         )
     user = r["user"]
-    return Touchpoint(  # positional: ~0.3 µs less per event than by keyword
+    return Touchpoint(  # positional: ~0.1 µs less per event than by keyword
         r["event_id"],
         event_type,
         r["brand"],
