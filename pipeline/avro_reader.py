@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import fastavro
+
 # read(message, position) -> (record, position after it)
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
 
@@ -188,9 +190,11 @@ class _Source:
 def compile_reader(schema: Any) -> Reader | None:
     """A decoder `read(message, position)` returning the record whose Avro body starts at
     `position` and the position after it, or None when the schema uses a type this
-    module does not compile. `schema` as `fastavro.parse_schema` returns it (full names)."""
+    module does not compile. `schema` is parsed first (a no-op for a parsed one): names in
+    unions must be the full names fastavro returns."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
+    schema = fastavro.parse_schema(schema)
     source = _Source()
     try:
         source.value(1, schema, "r")

@@ -316,3 +316,15 @@ def test_the_codecs_read_their_own_schemas_compiled() -> None:
     codecs = Codecs()
     for codec in (codecs.events, codecs.changes, codecs.state):
         assert codec._reader is not None, codec.schema["name"]
+
+
+def test_an_unparsed_schema_reads_with_full_record_names() -> None:
+    """The schema file as JSON (short names, a namespace): the union's records still come
+    back under their full names, which `touchpoint_from_record` looks up."""
+    raw = json.loads((SCHEMAS_DIR / "touchpoint_event.v1.avsc").read_text())
+    codecs = Codecs()
+    gen = TrafficGenerator(b"k" * 32, seed=9, referrals=True)
+    read = compiled(raw)
+    for i in range(200):
+        data = codecs.encode_event(gen.next_event(NOW + i))
+        assert read(data[5:], 0) == fastavro_read(codecs.events.schema, data[5:])
