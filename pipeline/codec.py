@@ -116,6 +116,8 @@ class WireCodec:
         magic, schema_id = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise Rejected(Reason.BAD_MAGIC, f"first byte is {magic & 0xFF}, expected 0")
+        if schema_id == self.schema_id and self._reader is not None:
+            return self._read_compiled(data)  # its own schema: known, and needs no lookup
         writer = self._writers.get(schema_id)
         if writer is None:
             try:
@@ -123,8 +125,6 @@ class WireCodec:
             except KeyError:
                 raise Rejected(Reason.UNKNOWN_SCHEMA, f"schema id {schema_id}") from None
             self._writers[schema_id] = writer
-        if schema_id == self.schema_id and self._reader is not None:
-            return self._read_compiled(data)
         body = io.BytesIO(data)
         body.seek(HEADER.size)
         reader = None if schema_id == self.schema_id else self.schema
