@@ -19,16 +19,28 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 
-# Dependencies first (this layer is reused until pyproject.toml changes). Every dependency
-# ships manylinux wheels for CPython 3.11, so no compiler is needed.
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# gcc for the compiled domain core (below); the image's Python has its headers.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
-# Then the source, installed editable (no dependency resolution: already done above).
+# Dependencies first (this layer is reused until pyproject.toml changes): every runtime
+# dependency ships manylinux wheels for CPython 3.11; the `compiled` extra (Cython) only
+# builds the core, and is uninstalled once it has.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+    && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["project"]["optional-dependencies"]["compiled"]))' \
+        > /tmp/build-requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && pip install -r /tmp/build-requirements.txt
+
+# Then the source, installed editable (no dependency resolution: already done above), and
+# the domain core compiled in place beside its .py files (docs/compiled-core.md).
 COPY . /app
 RUN pip install --no-deps -e . \
+    && python -m pipeline.compiled_core \
+    && pip uninstall -y cython \
     && python -m compileall -q /app/pipeline /app/agents /app/sinks \
     && test -f /app/schemas/registry.json
 
@@ -60,8 +72,10 @@ USER touchflow:touchflow
 # the sink's /metrics (`touchflow sink`, Settings.sink_metrics_port as set in deploy/).
 EXPOSE 6066 9108
 
-# Fail the build early if the install does not resolve the schemas next to the packages.
-RUN python -c "import pipeline.codec as c; assert (c.SCHEMAS_DIR / 'registry.json').is_file(), c.SCHEMAS_DIR"
+# Fail the build early if the install does not resolve the schemas next to the packages,
+# or if the core it runs is not the compiled one.
+RUN python -c "import pipeline.codec as c; assert (c.SCHEMAS_DIR / 'registry.json').is_file(), c.SCHEMAS_DIR" \
+    && python -c "from pipeline.core_loader import core_is_compiled as c; assert c(), 'core not compiled'"
 
 ENTRYPOINT ["touchflow"]
 CMD ["--help"]

@@ -20,10 +20,9 @@ days), so `next_due` is the start of the next day on which something may change.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypedDict, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict
 
 from pipeline import lifecycle as lc
 from pipeline import rfm, rules, stages
@@ -46,17 +45,22 @@ OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
 PendingRefund = tuple[str, int]  # (order_id, amount_minor)
 LayerValue = tuple[str, str]  # (layer, level)
 Source = tuple[int, int]  # (events partition, offset) an event was forwarded from
-_T = TypeVar("_T")
 
 
+def _no_rules() -> rules.RuleBook:
+    return rules.compile_rules(None)
+
+
+# The default factories below name no module: compiled, a field's name (`rfm`, `rules`)
+# would shadow the module of the same name in the class body (Cython 3.3).
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Everything that decides segments; one per deployment, versioned for rebuilds."""
 
-    rfm: rfm.RfmPolicy = field(default_factory=rfm.RfmPolicy)
+    rfm: rfm.RfmPolicy = field(default_factory=RfmPolicy)
     aipl: stages.AiplPolicy = field(default_factory=stages.AiplPolicy)
     lifecycle: lc.LifecyclePolicy = field(default_factory=lc.LifecyclePolicy)
-    rules: rules.RuleBook = field(default_factory=lambda: rules.compile_rules(None))
+    rules: rules.RuleBook = field(default_factory=_no_rules)
     brand_rfm: Mapping[str, RfmPolicy] = field(default_factory=dict)
     dedup_window: int = 16  # recent event ids kept per person to drop repeats
     version: str = "v1"
@@ -149,8 +153,9 @@ class Derived:
     layers: tuple[LayerValue, ...] = ()  # in the rules' layer order
     # Cache of the RFM window's totals these were derived on (None: no purchase, or not
     # known, e.g. decoded): a state carried forward keeps its window as it keeps its
-    # scores (`derive`). Not part of the value, never serialized.
-    window: rfm.Window | None = field(default=None, compare=False)
+    # scores (`derive`). Not part of the value, never serialized. (`hash=False` is what
+    # `compare=False` implies; Cython's dataclass needs it said: docs/compiled-core.md.)
+    window: rfm.Window | None = field(default=None, compare=False, hash=False)
 
 
 @fast_init
@@ -170,7 +175,7 @@ class PersonState:
     source_offsets: tuple[tuple[int, int], ...] = ()
     # Cache of `next_due` (a pure function of agg, as_of and the policy), filled in when
     # the state is derived; not part of the state's value, never serialized.
-    due: int = field(default=DUE_UNKNOWN, compare=False)
+    due: int = field(default=DUE_UNKNOWN, compare=False, hash=False)
 
     # Shorthands used by adapters and tests.
     @property
@@ -213,23 +218,61 @@ class SegmentChange:
 
 # -- events -> aggregates (table-driven: one function per event type) ---------------------
 
-_KEEP: Any = object()  # "this field keeps its value" in a generated replacer
+_KEEP: Any = object()  # "this field keeps its value" in `_with`
 
 
-def _replacer(cls: type[_T]) -> Callable[..., _T]:
-    """`dataclasses.replace` for one frozen dataclass, generated once with its fields as
-    keyword parameters: replace walks the fields on every call, which cost about half of
-    each new Aggregates (two per event) in the core benchmark."""
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    params = ", ".join(f"{n}=_KEEP" for n in names)
-    args = ", ".join(f"x.{n} if {n} is _KEEP else {n}" for n in names)
-    namespace: dict[str, Any] = {"cls": cls, "_KEEP": _KEEP}
-    exec(f"def replace_{cls.__name__}(x, *, {params}):\n    return cls({args})\n", namespace)
-    fn: Callable[..., _T] = namespace[f"replace_{cls.__name__}"]
-    return fn
-
-
-_with = _replacer(Aggregates)  # _with(a, engagements=3) is replace(a, engagements=3)
+def _with(
+    a: Aggregates,
+    *,
+    first_seen: Any = _KEEP,
+    last_seen: Any = _KEEP,
+    engagements: Any = _KEEP,
+    shares: Any = _KEEP,
+    invitations: Any = _KEEP,
+    lifetime_orders: Any = _KEEP,
+    lifetime_amount_minor: Any = _KEEP,
+    first_purchase_day: Any = _KEEP,
+    last_purchase_day: Any = _KEEP,
+    previous_purchase_day: Any = _KEEP,
+    buckets: Any = _KEEP,
+    recent_orders: Any = _KEEP,
+    pending_refunds: Any = _KEEP,
+    last_join: Any = _KEEP,
+    last_leave: Any = _KEEP,
+    acquired_at: Any = _KEEP,
+    acquisition_channel: Any = _KEEP,
+    acquisition_source: Any = _KEEP,
+    referred_by: Any = _KEEP,
+    referred_at: Any = _KEEP,
+    converted_invitees: Any = _KEEP,
+) -> Aggregates:
+    """`dataclasses.replace(a, ...)` for Aggregates, written out: replace walks the fields
+    on every call (about half of each new Aggregates, two per event, in the core
+    benchmark), and a function generated with `exec` would stay interpreted in the
+    compiled core. Every field, in order (tests/unit/test_state.py checks it)."""
+    return Aggregates(
+        a.first_seen if first_seen is _KEEP else first_seen,
+        a.last_seen if last_seen is _KEEP else last_seen,
+        a.engagements if engagements is _KEEP else engagements,
+        a.shares if shares is _KEEP else shares,
+        a.invitations if invitations is _KEEP else invitations,
+        a.lifetime_orders if lifetime_orders is _KEEP else lifetime_orders,
+        a.lifetime_amount_minor if lifetime_amount_minor is _KEEP else lifetime_amount_minor,
+        a.first_purchase_day if first_purchase_day is _KEEP else first_purchase_day,
+        a.last_purchase_day if last_purchase_day is _KEEP else last_purchase_day,
+        a.previous_purchase_day if previous_purchase_day is _KEEP else previous_purchase_day,
+        a.buckets if buckets is _KEEP else buckets,
+        a.recent_orders if recent_orders is _KEEP else recent_orders,
+        a.pending_refunds if pending_refunds is _KEEP else pending_refunds,
+        a.last_join if last_join is _KEEP else last_join,
+        a.last_leave if last_leave is _KEEP else last_leave,
+        a.acquired_at if acquired_at is _KEEP else acquired_at,
+        a.acquisition_channel if acquisition_channel is _KEEP else acquisition_channel,
+        a.acquisition_source if acquisition_source is _KEEP else acquisition_source,
+        a.referred_by if referred_by is _KEEP else referred_by,
+        a.referred_at if referred_at is _KEEP else referred_at,
+        a.converted_invitees if converted_invitees is _KEEP else converted_invitees,
+    )
 
 
 def _top_two_days(days: set[int]) -> tuple[int, int]:
@@ -465,23 +508,20 @@ def derive(
     return Derived(scores, segment, stage, life, tags, layers, window)
 
 
-# What RFM, the lifecycle and every due time (`compute_due`) read of the aggregates, and
-# the lifetime amount (a fact that only moves with them), besides the day of `first_seen`;
-# with `_OTHER_FACTS`, everything `derive` reads (tests/unit/test_carried_state.py checks it).
-_scoring_fields_of = operator.attrgetter(
-    "buckets",
-    "lifetime_orders",
-    "lifetime_amount_minor",
-    "first_purchase_day",
-    "last_purchase_day",
-    "previous_purchase_day",
-)
-
-
 def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
-    """Whether RFM, the lifecycle and the due times read the same of `a` as of `b`."""
-    return a.first_seen // rfm.MS_PER_DAY == b.first_seen // rfm.MS_PER_DAY and (
-        _scoring_fields_of(a) == _scoring_fields_of(b)
+    """Whether RFM, the lifecycle and the due times read the same of `a` as of `b`: the
+    fields they read (and the lifetime amount, a fact that only moves with them) and the
+    day of `first_seen`. With `_OTHER_FACTS`, everything `derive` reads
+    (tests/unit/test_carried_state.py checks it). Field by field, not an attrgetter's
+    tuple: compiled, these are C comparisons (docs/compiled-core.md)."""
+    return (
+        a.first_seen // rfm.MS_PER_DAY == b.first_seen // rfm.MS_PER_DAY
+        and a.lifetime_orders == b.lifetime_orders
+        and a.lifetime_amount_minor == b.lifetime_amount_minor
+        and a.first_purchase_day == b.first_purchase_day
+        and a.last_purchase_day == b.last_purchase_day
+        and a.previous_purchase_day == b.previous_purchase_day
+        and a.buckets == b.buckets
     )
 
 
@@ -498,19 +538,26 @@ _OTHER_FACTS = (
 )
 
 
-_other_facts_of = operator.attrgetter(*_OTHER_FACTS)
 _NONE_CHANGED: frozenset[str] = frozenset()
 # which of _OTHER_FACTS moved (a tuple of bools) -> their names: at most 2**7 entries
 _CHANGED_NAMES: dict[tuple[bool, ...], frozenset[str]] = {}
 
 
 def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
-    # tuple compares and maps in C: most events move none of these (a purchase, a chat
-    # from a brand's staff) or one (an inbound chat), and the names are built once
-    facts_a, facts_b = _other_facts_of(a), _other_facts_of(b)
-    if facts_a == facts_b:
+    # In the order of _OTHER_FACTS (tests/unit/test_state.py checks each): most events
+    # move none of these (a purchase, a chat from a brand's staff) or one (an inbound
+    # chat), and the names are built once.
+    moved = (
+        a.engagements != b.engagements,
+        a.shares != b.shares,
+        a.invitations != b.invitations,
+        a.converted_invitees != b.converted_invitees,
+        a.subscribed != b.subscribed,
+        a.acquisition_channel != b.acquisition_channel,
+        a.acquisition_source != b.acquisition_source,
+    )
+    if not any(moved):
         return _NONE_CHANGED
-    moved = tuple(map(operator.ne, facts_a, facts_b))
     names = _CHANGED_NAMES.get(moved)
     if names is None:
         names = frozenset([n for n, m in zip(_OTHER_FACTS, moved, strict=True) if m])

@@ -541,6 +541,11 @@ def test_dockerfile_shape() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", "var", ".git"} <= ignored
+    # The domain core is compiled in the image for the image's Python, never copied in
+    # from the host (docs/compiled-core.md), and the image checks that it runs compiled.
+    assert {"pipeline/*.so", "pipeline/_compiled_core.json"} <= ignored
+    assert re.search(r"^\s+&& python -m pipeline\.compiled_core", dockerfile, flags=re.M)
+    assert "core_is_compiled" in dockerfile
     for needed in ("schemas", "pipeline", "agents", "sinks", "pyproject.toml"):
         assert needed not in ignored
 

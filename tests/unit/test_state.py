@@ -587,3 +587,62 @@ def test_final_segment_and_stage_agree_with_the_public_functions(
     )
     assert a.last_seen == max(e.occurred_at for e in events) == final.as_of
     assert a.first_seen == min(e.occurred_at for e in events)
+
+
+def test_with_replaces_the_fields_it_is_given_and_keeps_every_other() -> None:
+    """`state._with` is written out field by field (no generated code, which would stay
+    interpreted in the compiled core): a field added to Aggregates must be added there."""
+    from dataclasses import fields
+
+    from pipeline.state import _with
+
+    a = Aggregates(*range(1, 11), ((5, 1, 100),), (("o1", 5, 100),), (("o2", 30),),
+                   11, 12, 13, "wecom", "live", "p-ref", 14, 15)  # fmt: skip
+    assert [getattr(a, f.name) for f in fields(Aggregates)] != [
+        f.default for f in fields(Aggregates)
+    ]
+    assert _with(a) == a
+    for f in fields(Aggregates):
+        old = getattr(a, f.name)
+        new = old + 100 if isinstance(old, int) else (old * 2 if isinstance(old, tuple) else "x")
+        b = _with(a, **{f.name: new})
+        assert getattr(b, f.name) == new
+        assert all(getattr(b, g.name) == getattr(a, g.name) for g in fields(Aggregates) if g != f)
+
+
+def test_the_facts_carried_forward_are_each_compared_under_their_own_name() -> None:
+    """`_changed_other_facts` and `_same_scoring_inputs` compare fields one by one (C
+    comparisons when compiled): each fact must move under its own name, and each field
+    RFM, the lifecycle and the due times read must count as a scoring input."""
+    from dataclasses import replace
+
+    from pipeline.state import _OTHER_FACTS, _changed_other_facts, _same_scoring_inputs
+
+    a = Aggregates(first_seen=T0, last_seen=T0, last_join=T0, acquisition_channel="wecom")
+    moves = {
+        "engagements": {"engagements": 1},
+        "shares": {"shares": 1},
+        "invitations": {"invitations": 1},
+        "converted_invitees": {"converted_invitees": 1},
+        "subscribed": {"last_leave": T0 + HOUR},
+        "acquisition_channel": {"acquisition_channel": "mini_program"},
+        "acquisition_source": {"acquisition_source": "live_stream"},
+    }
+    assert set(moves) == set(_OTHER_FACTS)
+    assert _changed_other_facts(a, a) == frozenset()
+    for fact, change in moves.items():
+        b = replace(a, **change)
+        assert _changed_other_facts(b, a) == {fact}
+        assert _same_scoring_inputs(b, a)
+    scoring = {
+        "first_seen": {"first_seen": T0 - DAY},
+        "lifetime_orders": {"lifetime_orders": 1},
+        "lifetime_amount_minor": {"lifetime_amount_minor": 100},
+        "first_purchase_day": {"first_purchase_day": DAY0},
+        "last_purchase_day": {"last_purchase_day": DAY0},
+        "previous_purchase_day": {"previous_purchase_day": DAY0},
+        "buckets": {"buckets": ((DAY0, 1, 100),)},
+    }
+    for change in scoring.values():
+        assert not _same_scoring_inputs(replace(a, **change), a)
+    assert _same_scoring_inputs(replace(a, first_seen=T0 + HOUR), a)  # same day

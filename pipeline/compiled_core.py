@@ -1,0 +1,143 @@
+"""Builds the domain core's compiled extensions: `python -m pipeline.compiled_core`.
+
+The core's cost is in building and reading Python objects (docs/benchmarks.md, "Why").
+Each module in `core_loader.MODULES` has a `.pxd` beside it that declares its value
+classes (and the engine) as extension types with C fields, and its hot functions with
+those types; Cython compiles the unchanged `.py` against it ("pure Python mode"). The
+rules stay in one place: the `.py` is both the uncompiled fallback and the compiled
+module's only source (docs/compiled-core.md). `make venv` runs this; `--remove` takes the
+extensions away. `pipeline.core_loader` decides at import which build runs.
+
+The one difference between what runs interpreted and what Cython compiles: Cython's
+dataclass refuses `slots=True` (an extension type has C fields, not slots) and any other
+decorator on an extension type (`frozen.fast_init`), so the build compiles a copy of
+each module with those taken off the classes its `.pxd` declares (`as_extension_types`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.core_loader import MODULES, PACKAGE_DIR, SIDECAR, extension_path, source_digest
+
+_DIRECTIVES = {
+    "language_level": 3,
+    # Annotations are for mypy: Cython would take `x: str` as "exactly str" and refuse
+    # a StrEnum member (seen on the prototype). Every C type is in a .pxd.
+    "annotation_typing": False,
+}
+
+
+# -- the build ------------------------------------------------------------------------------
+
+_DECLARED = re.compile(r"^cdef class (\w+)", re.MULTILINE)
+
+
+def declared_classes(pxd: str) -> list[str]:
+    return _DECLARED.findall(pxd)
+
+
+def as_extension_types(source: str, classes: Sequence[str]) -> str:
+    """`source` with `@fast_init` and `slots=True` taken off each of `classes` that is a
+    dataclass (decorated `@dataclass(...)` right above `class Name`)."""
+    for name in classes:
+        pattern = re.compile(
+            rf"^(?:@fast_init\n)?@dataclass(?:\((?P<args>[^)]*)\))?\n(?P<cls>class {name}\b)",
+            re.MULTILINE,
+        )
+        found = pattern.findall(source)
+        if not found and len(re.findall(rf"^class {name}\b", source, re.MULTILINE)) == 1:
+            continue  # a plain class (no dataclass decorator): compiled as it is
+        if len(found) != 1:
+            raise ValueError(f"{name}: expected one class, found {len(found)}")
+
+        def strip(match: re.Match[str]) -> str:
+            args = [a.strip() for a in (match["args"] or "").split(",") if a.strip()]
+            kept = [a for a in args if a != "slots=True"]
+            decorator = f"@dataclass({', '.join(kept)})" if kept else "@dataclass"
+            return f"{decorator}\n{match['cls']}"
+
+        source = pattern.sub(strip, source)
+    return source
+
+
+def build(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> list[Path]:
+    """Compile `MODULES` into extensions beside their `.py` and record their digests."""
+    from Cython.Build import cythonize  # build-time only (the dev extra, the image build)
+    from setuptools import Extension
+    from setuptools.dist import Distribution
+
+    with tempfile.TemporaryDirectory(prefix="touchflow-core-") as tmp:
+        staged = Path(tmp) / "src" / "pipeline"
+        staged.mkdir(parents=True)
+        (staged / "__init__.py").write_text("")
+        digests: dict[str, str] = {}
+        for m in MODULES:
+            pxd = (package_dir / f"{m}.pxd").read_text()
+            source = (package_dir / f"{m}.py").read_text()
+            (staged / f"{m}.pxd").write_text(pxd)
+            (staged / f"{m}.py").write_text(as_extension_types(source, declared_classes(pxd)))
+            digests[m] = source_digest(m, package_dir)
+        extensions = [Extension(f"pipeline.{m}", [str(staged / f"{m}.py")]) for m in MODULES]
+        dist = Distribution(
+            {
+                "name": "touchflow-core",
+                "ext_modules": cythonize(  # type: ignore[no-untyped-call]
+                    extensions,
+                    compiler_directives=_DIRECTIVES,
+                    include_path=[str(staged.parent)],
+                    build_dir=str(Path(tmp) / "c"),
+                    quiet=True,
+                ),
+            }
+        )
+        cmd = dist.get_command_obj("build_ext")
+        cmd.build_lib = str(Path(tmp) / "lib")
+        cmd.build_temp = str(Path(tmp) / "tmp")
+        cmd.parallel = os.cpu_count() or 1
+        dist.run_command("build_ext")
+        built = []
+        for m in MODULES:
+            old = extension_path(m, package_dir)
+            if old is not None:
+                old.unlink()
+            (so,) = (Path(tmp) / "lib" / "pipeline").glob(f"{m}.*")
+            target = package_dir / so.name
+            shutil.copyfile(so, target)
+            built.append(target)
+    sidecar.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+    return built
+
+
+def remove(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> None:
+    """Take the compiled extensions away (back to the `.py` modules)."""
+    for m in MODULES:
+        path = extension_path(m, package_dir)
+        if path is not None:
+            path.unlink()
+    sidecar.unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--remove"]:
+        remove()
+        print("touchflow: compiled core removed; the core runs from its .py modules")
+        return 0
+    if args:
+        print("usage: python -m pipeline.compiled_core [--remove]", file=sys.stderr)
+        return 2
+    for path in build():
+        print(f"touchflow: compiled {path.relative_to(PACKAGE_DIR.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

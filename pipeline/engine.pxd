@@ -1,0 +1,26 @@
+# C-level declarations for the module of the same name, compiled by pipeline/compiled_core.py
+# (docs/compiled-core.md). Only our own extension types are named as argument types
+# (they accept None as the module does); everything else is `object`.
+import cython
+
+from pipeline.events cimport Touchpoint
+from pipeline.state cimport PersonState, Policy
+
+cdef class Outcome:
+    cdef public list changes, referrals, written
+    cdef public object duplicate, redelivered, late
+
+cdef class PartitionEngine:
+    cdef public Policy policy
+    cdef public object store
+    cdef public long long allowed_lateness_ms
+    cdef public object max_event_time
+    cdef public list _due
+
+    cpdef schedule(self, object key, PersonState s)
+    cpdef rescheduled(self, object key, PersonState old, PersonState new)
+    @cython.locals(s=PersonState)
+    cpdef list fire_due(self, object now, object written=*)
+    cpdef Outcome on_event(self, Touchpoint event, object person_id, object offset=*, Outcome out=*, object source=*)
+    @cython.locals(old=PersonState, new=PersonState)
+    cpdef _apply(self, Touchpoint event, object person_id, object offset, Outcome out, object own_brand, object source)

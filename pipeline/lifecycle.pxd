@@ -1,0 +1,17 @@
+# C-level declarations for the module of the same name, compiled by pipeline/compiled_core.py
+# (docs/compiled-core.md). Integers are `long long` where the Avro schemas say `long`;
+# anything else a field may hold is `object`: a `str` or `tuple` here would refuse the
+# subclasses (a StrEnum member) the uncompiled module takes.
+
+cdef class LifecyclePolicy:
+    cdef readonly long long new_days, at_risk_days, rhythm_min_orders
+    cdef readonly object rhythm_factor
+    cdef readonly long long rhythm_floor_days, dormant_days, churned_days, won_back_days
+
+cdef class PurchaseHistory:
+    cdef readonly long long orders, first_day, last_day, previous_day
+
+cpdef object at_risk_after(PurchaseHistory h, LifecyclePolicy policy)
+cpdef bint _returned_after_dormancy(PurchaseHistory h, LifecyclePolicy policy)
+cpdef object lifecycle(PurchaseHistory h, object today, LifecyclePolicy policy)
+cpdef object transition_days(PurchaseHistory h, LifecyclePolicy policy)

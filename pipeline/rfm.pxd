@@ -1,0 +1,19 @@
+# C-level declarations for the module of the same name, compiled by pipeline/compiled_core.py
+# (docs/compiled-core.md). Integers are `long long` where the Avro schemas say `long`;
+# anything else a field may hold is `object`: a `str` or `tuple` here would refuse the
+# subclasses (a StrEnum member) the uncompiled module takes.
+
+cdef class RfmPolicy:
+    cdef readonly long long window_days
+    cdef readonly object recency_days, frequency_orders, monetary_minor
+    cdef readonly long long high_score
+
+cdef class RfmScores:
+    cdef readonly long long r, f, m, recency_days, orders, amount_minor
+
+cdef class Window:
+    cdef readonly long long orders, amount_minor
+
+cpdef object window(object buckets, object today, RfmPolicy policy)
+cpdef RfmScores score_window(Window w, object last_purchase_day, object today, RfmPolicy policy)
+cpdef object segment(RfmScores scores, RfmPolicy policy)

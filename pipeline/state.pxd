@@ -1,0 +1,78 @@
+# C-level declarations for the module of the same name, compiled by pipeline/compiled_core.py
+# (docs/compiled-core.md). Integers are `long long` where the Avro schemas say `long`;
+# anything else a field may hold is `object`: a `str` or `tuple` here would refuse the
+# subclasses (a StrEnum member) the uncompiled module takes.
+
+import cython
+
+from pipeline.events cimport Touchpoint
+from pipeline.lifecycle cimport LifecyclePolicy, PurchaseHistory
+from pipeline.rfm cimport RfmPolicy
+from pipeline.stages cimport AiplPolicy
+
+cdef class Policy:
+    cdef readonly RfmPolicy rfm
+    cdef readonly AiplPolicy aipl
+    cdef readonly LifecyclePolicy lifecycle
+    cdef readonly object rules, brand_rfm
+    cdef readonly long long dedup_window
+    cdef readonly object version
+    cdef readonly long long referral_window_days
+    cdef readonly object brand_groups
+    cpdef object groups_of(self, object brand)
+    cpdef RfmPolicy rfm_for(self, object brand)
+
+cdef class Scores:
+    cdef readonly long long r, f, m
+
+cdef class Aggregates:
+    cdef readonly long long first_seen, last_seen, engagements, shares, invitations
+    cdef readonly long long lifetime_orders, lifetime_amount_minor
+    cdef readonly long long first_purchase_day, last_purchase_day, previous_purchase_day
+    cdef readonly object buckets, recent_orders, pending_refunds
+    cdef readonly long long last_join, last_leave, acquired_at
+    cdef readonly object acquisition_channel, acquisition_source, referred_by
+    cdef readonly long long referred_at, converted_invitees
+
+cdef class Derived:
+    cdef readonly Scores scores
+    cdef readonly object rfm_segment, aipl_stage, lifecycle, tags, layers, window
+
+cdef class PersonState:
+    cdef readonly long long version, seq, last_offset, as_of
+    cdef readonly object recent_event_ids
+    cdef readonly Aggregates agg
+    cdef readonly Derived derived
+    cdef readonly object source_offsets
+    cdef readonly long long due
+
+cdef class SegmentChange:
+    cdef readonly object brand, person_id, dimension, from_value, to_value, rule
+    cdef readonly object cause_event_id
+    cdef readonly long long event_time, seq
+    cdef readonly Scores scores_before, scores_after
+    cdef readonly object policy_version
+
+cpdef Aggregates _take_refund(Aggregates a, object order_id, object amount)
+cpdef Aggregates _on_refund(Aggregates a, Touchpoint e)
+cpdef Aggregates _on_chat(Aggregates a, Touchpoint e)
+cpdef Aggregates _on_share(Aggregates a, Touchpoint e)
+cpdef Aggregates _on_join(Aggregates a, Touchpoint e)
+cpdef Aggregates _on_leave(Aggregates a, Touchpoint e)
+cpdef Aggregates _on_other(Aggregates a, Touchpoint e)
+cpdef dict _seen(Aggregates a, object t)
+cpdef dict facts(Aggregates a, Scores scores, object segment, object stage, object life, object today, object window)
+cpdef Derived derive(Aggregates a, object brand, object now, Policy policy, Derived scored=*, object changed=*)
+cpdef bint _same_scoring_inputs(Aggregates a, Aggregates b)
+cpdef object _changed_other_facts(Aggregates a, Aggregates b)
+cpdef object _rule_of(object dim, Derived d, Aggregates a, object brand, Policy policy)
+cpdef object next_due(PersonState s, object brand, Policy policy)
+cpdef object compute_due(Aggregates a, object as_of, object brand, Policy policy)
+cpdef list _changes(Derived before, Derived after, Aggregates agg, object brand, object person_id, object cause, object at, object seq, Policy policy)
+@cython.locals(derived=Derived, new=PersonState)
+cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object person_id, object cause, object at, Policy policy, object last_offset=*, object recent=*, object same_policy=*, object sources=*)
+cpdef bint _holds_at(PersonState s, object now)
+cpdef tuple advance(PersonState state, object brand, object person_id, object now, Policy policy)
+cpdef bint is_forwarded_again(PersonState state, object source)
+@cython.locals(a=Aggregates)
+cpdef tuple apply_new(PersonState state, Touchpoint event, object person_id, Policy policy, object offset=*, object source=*)

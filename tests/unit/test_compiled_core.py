@@ -1,0 +1,204 @@
+"""The compiled domain core (docs/compiled-core.md): it is what runs, it gives what the
+`.py` modules give, and a build older than its sources is never what runs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import core_loader
+from pipeline.compiled_core import as_extension_types, declared_classes
+from pipeline.core_loader import (
+    INTERPRETED_ENV,
+    MODULES,
+    SourceFirst,
+    is_compiled,
+    modules_from_source,
+    source_digest,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _interpreted_here() -> bool:
+    return os.environ.get(INTERPRETED_ENV, "") not in ("", "0")
+
+
+def test_the_core_runs_compiled_unless_told_not_to() -> None:
+    """`make venv` builds the extensions; the suite runs on them, and once more on the
+    `.py` modules with TOUCHFLOW_INTERPRETED=1 (make test)."""
+    compiled = {m: is_compiled(importlib.import_module(f"pipeline.{m}")) for m in MODULES}
+    if _interpreted_here():
+        assert not any(compiled.values()), compiled
+    else:
+        assert all(compiled.values()), f"not compiled (run make venv): {compiled}"
+
+
+def digest_of_a_run() -> dict[str, object]:
+    """Every change and every final state of a 3 000-event workload through the engine,
+    with the referral credits fed back as the worker does, time run on past every due
+    time, and a merge of some of the people: as one digest of their Avro encodings."""
+    from bench.workload import build
+    from pipeline import state as core
+    from pipeline.codec import Codecs
+    from pipeline.core_loader import core_is_compiled
+    from pipeline.engine import Outcome, PartitionEngine
+    from pipeline.settings import Settings
+
+    policy = Settings().policy()
+    codecs = Codecs()
+    start = 1_750_000_000_000  # fixed: the run must not depend on today's date
+    w = build(3_000, 1_500, b"test-compiled-core", start, 365, seed=3)
+    engine = PartitionEngine(policy, {}, 0)
+    h = hashlib.sha256()
+    changes = 0
+
+    def take(out: Outcome) -> None:
+        nonlocal changes
+        for c in out.changes:
+            h.update(codecs.encode_change(c))
+        changes += len(out.changes)
+        h.update(f"{out.duplicate}{out.redelivered}{out.late}{out.written}".encode())
+
+    for offset, (event, person_id) in enumerate(zip(w.events, w.person_ids, strict=True)):
+        out = engine.on_event(event, person_id, offset)
+        take(out)
+        for brand, referrer, invitee, at in out.referrals:
+            credit = Outcome()
+            engine.on_referral(brand, referrer, invitee, at, credit)
+            take(credit)
+    for c in engine.advance_to(max(e.occurred_at for e in w.events) + 400 * 86_400_000):
+        h.update(codecs.encode_change(c))
+        changes += 1
+    keys = sorted(engine.store)
+    for a, b in zip(keys[:40:2], keys[1:40:2], strict=True):  # same brand: sorted keys
+        brand, survivor = core.split_state_key(a.decode())
+        _, absorbed = core.split_state_key(b.decode())
+        merged, more = core.merge(
+            engine.store[a], engine.store[b], brand, survivor, absorbed, policy
+        )
+        engine.store[a] = merged
+        for c in more:
+            h.update(codecs.encode_change(c))
+        changes += len(more)
+    for key in keys:
+        s = engine.store[key]
+        h.update(key + codecs.encode_state(s) + str(s.due).encode())
+    return {"digest": h.hexdigest(), "changes": changes, "compiled": core_is_compiled()}
+
+
+def test_compiled_and_interpreted_cores_give_the_same_changes_and_states() -> None:
+    """The same run here and in a process on the other build: the same bytes."""
+    here = digest_of_a_run()
+    other_env = {**os.environ, INTERPRETED_ENV: "0" if _interpreted_here() else "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from tests.unit.test_compiled_core import digest_of_a_run; "
+            "print(json.dumps(digest_of_a_run()))",
+        ],
+        cwd=ROOT,
+        env=other_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    there = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert here["compiled"] != there["compiled"], (here, there)
+    assert int(str(here["changes"])) > 1_000  # a run that moves segments, stages, tags
+    assert there == {**here, "compiled": there["compiled"]}
+
+
+def _fake_package(tmp: Path) -> Path:
+    """A package directory with every core module's sources and a built extension."""
+    suffix = core_loader.importlib.machinery.EXTENSION_SUFFIXES[0]
+    for m in MODULES:
+        (tmp / f"{m}.py").write_text(f"NAME = {m!r}\n")
+        (tmp / f"{m}.pxd").write_text("")
+        (tmp / f"{m}{suffix}").write_bytes(b"")
+    digests = {m: source_digest(m, tmp) for m in MODULES}
+    (tmp / "_compiled_core.json").write_text(json.dumps(digests))
+    return tmp / "_compiled_core.json"
+
+
+def test_a_module_changed_since_its_build_runs_from_its_source(tmp_path: Path) -> None:
+    sidecar = _fake_package(tmp_path)
+    assert modules_from_source({}, tmp_path, sidecar) == ([], False)
+    (tmp_path / "state.py").write_text("NAME = 'state, edited'\n")
+    assert modules_from_source({}, tmp_path, sidecar) == (["state"], True)
+    (tmp_path / "rfm.pxd").write_text("cdef class Window:\n    pass\n")
+    assert modules_from_source({}, tmp_path, sidecar) == (["rfm", "state"], True)
+    assert modules_from_source({INTERPRETED_ENV: "1"}, tmp_path, sidecar) == (list(MODULES), False)
+    sidecar.unlink()  # extensions with no record of their sources: all of them
+    assert modules_from_source({}, tmp_path, sidecar) == (list(MODULES), True)
+    (tmp_path / f"engine{core_loader.importlib.machinery.EXTENSION_SUFFIXES[0]}").unlink()
+    assert "engine" not in modules_from_source({}, tmp_path, sidecar)[0]  # nothing shadows it
+
+
+def test_the_source_finder_finds_only_the_modules_it_is_given(tmp_path: Path) -> None:
+    _fake_package(tmp_path)
+    finder = SourceFirst(["state"], tmp_path)
+    spec = finder.find_spec("pipeline.state", None)
+    assert spec is not None and spec.origin == str(tmp_path / "state.py")
+    assert finder.find_spec("pipeline.rfm", None) is None
+    assert finder.find_spec("state", None) is None
+
+
+CLASSES = """
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Value:
+    x: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Policyish:
+    y: int = 1
+
+
+@dataclass
+class Engine:
+    z: list[int]
+
+
+class Plain:
+    __slots__ = ("a",)
+
+
+@dataclass(frozen=True, slots=True)
+class Undeclared:
+    w: int = 2
+"""
+
+
+def test_the_build_takes_slots_and_fast_init_off_the_declared_classes_only() -> None:
+    out = as_extension_types(CLASSES, ["Value", "Policyish", "Engine", "Plain"])
+    assert "@dataclass(frozen=True)\nclass Value:" in out
+    assert "@fast_init" not in out
+    assert "@dataclass(frozen=True)\nclass Policyish:" in out
+    assert "@dataclass\nclass Engine:" in out
+    assert 'class Plain:\n    __slots__ = ("a",)' in out
+    assert "@dataclass(frozen=True, slots=True)\nclass Undeclared:" in out  # not in the .pxd
+
+
+def test_the_build_refuses_a_declared_class_it_cannot_find() -> None:
+    with pytest.raises(ValueError, match="Missing"):
+        as_extension_types(CLASSES, ["Missing"])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_class_a_pxd_declares_is_in_its_module(module: str) -> None:
+    pxd = (ROOT / "pipeline" / f"{module}.pxd").read_text()
+    source = (ROOT / "pipeline" / f"{module}.py").read_text()
+    classes = declared_classes(pxd)
+    assert classes, f"{module}.pxd declares no class"
+    as_extension_types(source, classes)  # raises if one is missing
