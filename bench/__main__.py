@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from bench import inprocess, workload
 from pipeline.codec import Codecs
+from pipeline.core_loader import core_is_compiled
 from pipeline.rfm import MS_PER_DAY
 from pipeline.sdk import PUBLISH_LINGER_MS
 from pipeline.settings import Settings
@@ -215,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             pii_key=SecretStr(PII_KEY),
         )
         result: dict[str, Any] = {"machine": machine(), "started": stamp, "quick": a.quick}
-        print(f"touchflow bench on {result['machine']}", flush=True)
+        # which build of the domain core ran (docs/compiled-core.md): the worker runs the same
+        result["core_compiled"] = core_is_compiled()
+        build = "compiled" if result["core_compiled"] else "uncompiled (make venv compiles it)"
+        print(f"touchflow bench on {result['machine']}; the core {build}", flush=True)
         if not a.memory_only:
             result.update(in_process(a, settings))
             print(

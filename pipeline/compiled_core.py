@@ -16,6 +16,8 @@ each module with those taken off the classes its `.pxd` declares (`as_extension_
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -86,18 +88,20 @@ def build(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> list[Path
             (staged / f"{m}.py").write_text(as_extension_types(source, declared_classes(pxd)))
             digests[m] = source_digest(m, package_dir)
         extensions = [Extension(f"pipeline.{m}", [str(staged / f"{m}.py")]) for m in MODULES]
-        dist = Distribution(
-            {
-                "name": "touchflow-core",
-                "ext_modules": cythonize(  # type: ignore[no-untyped-call]
+        said = io.StringIO()  # Cython's warnings on its own generated code: shown on failure
+        try:
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+                modules = cythonize(  # type: ignore[no-untyped-call]
                     extensions,
                     compiler_directives=_DIRECTIVES,
                     include_path=[str(staged.parent)],
                     build_dir=str(Path(tmp) / "c"),
                     quiet=True,
-                ),
-            }
-        )
+                )
+        except Exception:
+            sys.stderr.write(said.getvalue())
+            raise
+        dist = Distribution({"name": "touchflow-core", "ext_modules": modules})
         cmd = dist.get_command_obj("build_ext")
         cmd.build_lib = str(Path(tmp) / "lib")
         cmd.build_temp = str(Path(tmp) / "tmp")

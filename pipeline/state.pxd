@@ -53,6 +53,29 @@ cdef class SegmentChange:
     cdef readonly Scores scores_before, scores_after
     cdef readonly object policy_version
 
+cpdef Aggregates _replaced(
+    Aggregates a,
+    object first_seen,
+    object last_seen,
+    object engagements,
+    object shares,
+    object invitations,
+    object lifetime_orders,
+    object lifetime_amount_minor,
+    object first_purchase_day,
+    object last_purchase_day,
+    object previous_purchase_day,
+    object buckets,
+    object recent_orders,
+    object pending_refunds,
+    object last_join,
+    object last_leave,
+    object acquired_at,
+    object acquisition_channel,
+    object acquisition_source,
+    object referred_by,
+    object referred_at,
+    object converted_invitees)
 cpdef Aggregates _take_refund(Aggregates a, object order_id, object amount)
 cpdef Aggregates _on_refund(Aggregates a, Touchpoint e)
 cpdef Aggregates _on_chat(Aggregates a, Touchpoint e)

@@ -250,6 +250,58 @@ def _with(
     on every call (about half of each new Aggregates, two per event, in the core
     benchmark), and a function generated with `exec` would stay interpreted in the
     compiled core. Every field, in order (tests/unit/test_state.py checks it)."""
+    return _replaced(
+        a,
+        first_seen,
+        last_seen,
+        engagements,
+        shares,
+        invitations,
+        lifetime_orders,
+        lifetime_amount_minor,
+        first_purchase_day,
+        last_purchase_day,
+        previous_purchase_day,
+        buckets,
+        recent_orders,
+        pending_refunds,
+        last_join,
+        last_leave,
+        acquired_at,
+        acquisition_channel,
+        acquisition_source,
+        referred_by,
+        referred_at,
+        converted_invitees,
+    )
+
+
+def _replaced(
+    a: Aggregates,
+    first_seen: Any,
+    last_seen: Any,
+    engagements: Any,
+    shares: Any,
+    invitations: Any,
+    lifetime_orders: Any,
+    lifetime_amount_minor: Any,
+    first_purchase_day: Any,
+    last_purchase_day: Any,
+    previous_purchase_day: Any,
+    buckets: Any,
+    recent_orders: Any,
+    pending_refunds: Any,
+    last_join: Any,
+    last_leave: Any,
+    acquired_at: Any,
+    acquisition_channel: Any,
+    acquisition_source: Any,
+    referred_by: Any,
+    referred_at: Any,
+    converted_invitees: Any,
+) -> Aggregates:
+    """`_with`'s body, positional: compiled, a function with keyword-only parameters
+    cannot be declared with C types, this one can (state.pxd)."""
     return Aggregates(
         a.first_seen if first_seen is _KEEP else first_seen,
         a.last_seen if last_seen is _KEEP else last_seen,

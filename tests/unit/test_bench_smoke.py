@@ -10,6 +10,7 @@ from bench.__main__ import IN_PROCESS_KEYS, main
 from bench.inprocess import hot_path_run
 from bench.workload import build
 from pipeline.codec import Codecs
+from pipeline.core_loader import core_is_compiled
 from pipeline.engine import PartitionEngine
 from pipeline.events import EventType
 from pipeline.settings import Settings
@@ -40,6 +41,7 @@ def test_in_process_parts_write_a_result_with_positive_figures(tmp_path: Path) -
         assert isinstance(latest[key], float) and latest[key] > 0, key
     assert latest["state_bytes_heavy"] > latest["state_bytes_typical"]
     assert "cores" in latest["machine"] and "Python 3.11" in latest["machine"]
+    assert latest["core_compiled"] is core_is_compiled()  # which build the figures are of
 
 
 def test_hot_path_encodes_each_state_once_per_write_interval_as_the_worker_does() -> None:
