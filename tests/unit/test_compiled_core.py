@@ -138,6 +138,8 @@ def test_a_module_changed_since_its_build_runs_from_its_source(tmp_path: Path) -
     (tmp_path / "rfm.pxd").write_text("cdef class Window:\n    pass\n")
     assert modules_from_source({}, tmp_path, sidecar) == (["rfm", "state"], True)
     assert modules_from_source({INTERPRETED_ENV: "1"}, tmp_path, sidecar) == (list(MODULES), False)
+    (tmp_path / "stages.pxd").unlink()  # no declarations: no build is of these sources
+    assert modules_from_source({}, tmp_path, sidecar) == (["rfm", "stages", "state"], True)
     sidecar.unlink()  # extensions with no record of their sources: all of them
     assert modules_from_source({}, tmp_path, sidecar) == (list(MODULES), True)
     (tmp_path / f"engine{core_loader.importlib.machinery.EXTENSION_SUFFIXES[0]}").unlink()
