@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import core_loader
 from pipeline.compiled_core import as_extension_types, declared_classes
 from pipeline.core_loader import (
     INTERPRETED_ENV,
@@ -120,7 +120,7 @@ def test_compiled_and_interpreted_cores_give_the_same_changes_and_states() -> No
 
 def _fake_package(tmp: Path) -> Path:
     """A package directory with every core module's sources and a built extension."""
-    suffix = core_loader.importlib.machinery.EXTENSION_SUFFIXES[0]
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for m in MODULES:
         (tmp / f"{m}.py").write_text(f"NAME = {m!r}\n")
         (tmp / f"{m}.pxd").write_text("")
@@ -142,7 +142,7 @@ def test_a_module_changed_since_its_build_runs_from_its_source(tmp_path: Path) -
     assert modules_from_source({}, tmp_path, sidecar) == (["rfm", "stages", "state"], True)
     sidecar.unlink()  # extensions with no record of their sources: all of them
     assert modules_from_source({}, tmp_path, sidecar) == (list(MODULES), True)
-    (tmp_path / f"engine{core_loader.importlib.machinery.EXTENSION_SUFFIXES[0]}").unlink()
+    (tmp_path / f"engine{importlib.machinery.EXTENSION_SUFFIXES[0]}").unlink()
     assert "engine" not in modules_from_source({}, tmp_path, sidecar)[0]  # nothing shadows it
 
 
