@@ -3,9 +3,11 @@
 The core modules in `MODULES` can be compiled by Cython into extensions beside their
 `.py` files (`python -m pipeline.compiled_core`, run by `make venv`; docs/compiled-core.md).
 An extension shadows its `.py` on import, so `use_source_where_needed` (called when the
-package is imported) loads a module from its `.py` instead when its sources changed since
-it was built (with a warning: a stale build never runs old rules), or every one of them
-when `TOUCHFLOW_INTERPRETED=1` (the test suite runs the unit tests both ways).
+package is imported) loads every core module from its `.py` instead when the sources of
+any of them changed since the build (with a warning: a stale build never runs old rules),
+or when `TOUCHFLOW_INTERPRETED=1` (the test suite runs the unit tests both ways). All of
+them, not only the changed one: the extensions share C layouts (each cimports the ones
+before it), and a compiled module refuses to import beside a changed one.
 """
 
 from __future__ import annotations
@@ -71,12 +73,14 @@ def stale_modules(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> l
 
 def modules_from_source(
     environ: Mapping[str, str], package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR
-) -> tuple[list[str], bool]:
-    """(the modules to load from their `.py`, whether because their build is stale)."""
+) -> tuple[list[str], list[str]]:
+    """(the modules to load from their `.py`, the stale ones that made it so): all or none.
+    One stale module takes the whole build out: `engine` compiled against an older `state`
+    fails its import ("pipeline.state.Policy size changed") rather than run."""
     if environ.get(INTERPRETED_ENV, "") not in ("", "0"):
-        return list(MODULES), False
+        return list(MODULES), []
     stale = stale_modules(package_dir, sidecar)
-    return stale, bool(stale)
+    return (list(MODULES) if stale else []), stale
 
 
 class SourceFirst(importlib.abc.MetaPathFinder):
@@ -98,8 +102,8 @@ def use_source_where_needed() -> list[str]:
     modules, stale = modules_from_source(os.environ)
     if stale:
         warnings.warn(
-            f"touchflow: the compiled {', '.join(modules)} were built from older sources, so "
-            "they run from their .py files (slower). Rebuild: make venv, or "
+            f"touchflow: the compiled core was built from older sources ({', '.join(stale)} "
+            "changed since), so it runs from its .py files (slower). Rebuild: make venv, or "
             "python -m pipeline.compiled_core",
             RuntimeWarning,
             stacklevel=2,

@@ -8,6 +8,7 @@ import importlib
 import importlib.machinery
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ from pipeline.compiled_core import as_extension_types, declared_classes
 from pipeline.core_loader import (
     INTERPRETED_ENV,
     MODULES,
+    PACKAGE_DIR,
     SourceFirst,
+    core_is_compiled,
     is_compiled,
     modules_from_source,
     source_digest,
@@ -130,20 +133,55 @@ def _fake_package(tmp: Path) -> Path:
     return tmp / "_compiled_core.json"
 
 
-def test_a_module_changed_since_its_build_runs_from_its_source(tmp_path: Path) -> None:
+def test_a_module_changed_since_its_build_takes_the_whole_core_to_source(tmp_path: Path) -> None:
     sidecar = _fake_package(tmp_path)
-    assert modules_from_source({}, tmp_path, sidecar) == ([], False)
+    everything = list(MODULES)
+    assert modules_from_source({}, tmp_path, sidecar) == ([], [])
     (tmp_path / "state.py").write_text("NAME = 'state, edited'\n")
-    assert modules_from_source({}, tmp_path, sidecar) == (["state"], True)
+    assert modules_from_source({}, tmp_path, sidecar) == (everything, ["state"])
     (tmp_path / "rfm.pxd").write_text("cdef class Window:\n    pass\n")
-    assert modules_from_source({}, tmp_path, sidecar) == (["rfm", "state"], True)
-    assert modules_from_source({INTERPRETED_ENV: "1"}, tmp_path, sidecar) == (list(MODULES), False)
+    assert modules_from_source({}, tmp_path, sidecar) == (everything, ["rfm", "state"])
+    assert modules_from_source({INTERPRETED_ENV: "1"}, tmp_path, sidecar) == (everything, [])
     (tmp_path / "stages.pxd").unlink()  # no declarations: no build is of these sources
-    assert modules_from_source({}, tmp_path, sidecar) == (["rfm", "stages", "state"], True)
+    assert modules_from_source({}, tmp_path, sidecar)[1] == ["rfm", "stages", "state"]
     sidecar.unlink()  # extensions with no record of their sources: all of them
-    assert modules_from_source({}, tmp_path, sidecar) == (list(MODULES), True)
+    assert modules_from_source({}, tmp_path, sidecar) == (everything, everything)
     (tmp_path / f"engine{importlib.machinery.EXTENSION_SUFFIXES[0]}").unlink()
-    assert "engine" not in modules_from_source({}, tmp_path, sidecar)[0]  # nothing shadows it
+    assert "engine" not in modules_from_source({}, tmp_path, sidecar)[1]  # nothing shadows it
+
+
+def test_a_real_build_with_one_source_edited_imports_and_runs_from_source(
+    tmp_path: Path,
+) -> None:
+    """The real extensions, a copy of the package with `state.py` edited after the build:
+    the modules compiled against the old `state` must not load beside the new one."""
+    if not core_is_compiled():
+        pytest.skip("needs the compiled core (make venv builds it)")
+    package = tmp_path / "pipeline"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (package / "state.py").open("a") as f:
+        f.write("\n# edited after the build\n")
+    probe = (
+        "import warnings; warnings.simplefilter('error', RuntimeWarning)\n"
+        "try:\n    import pipeline\nexcept RuntimeWarning as w:\n    print('warned:', w)\n"
+        "warnings.resetwarnings(); warnings.simplefilter('ignore')\n"
+        "import pipeline, pipeline.engine as e, pipeline.state as s\n"
+        "from pipeline.core_loader import is_compiled\n"
+        "print('engine compiled:', is_compiled(e), 'state compiled:', is_compiled(s))\n"
+        "print('applied:', e.PartitionEngine(s.Policy(), {}).backlog)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path), INTERPRETED_ENV: ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warned: touchflow: the compiled core was built from older sources (state" in proc.stdout
+    assert "engine compiled: False state compiled: False" in proc.stdout
+    assert "applied: 0" in proc.stdout
 
 
 def test_the_source_finder_finds_only_the_modules_it_is_given(tmp_path: Path) -> None:
