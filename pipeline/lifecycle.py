@@ -103,22 +103,33 @@ def _returned_after_dormancy(h: PurchaseHistory, policy: LifecyclePolicy) -> boo
     return h.previous_day >= 0 and h.last_day - h.previous_day >= policy.dormant_days
 
 
+# Bound once: reading a member off its enum class goes through a descriptor (~50 ns).
+_NEW, _ACTIVE, _AT_RISK, _DORMANT, _CHURNED, _WON_BACK = (
+    Lifecycle.NEW,
+    Lifecycle.ACTIVE,
+    Lifecycle.AT_RISK,
+    Lifecycle.DORMANT,
+    Lifecycle.CHURNED,
+    Lifecycle.WON_BACK,
+)
+
+
 def lifecycle(h: PurchaseHistory | None, today: int, policy: LifecyclePolicy) -> Lifecycle | None:
     """The lifecycle stage at `today`, or None for someone who never purchased."""
     if h is None or h.orders <= 0:
         return None
     gap = today - h.last_day
     if gap >= policy.churned_days:
-        return Lifecycle.CHURNED
+        return _CHURNED
     if gap >= policy.dormant_days:
-        return Lifecycle.DORMANT
+        return _DORMANT
     if gap >= at_risk_after(h, policy):
-        return Lifecycle.AT_RISK
+        return _AT_RISK
     if _returned_after_dormancy(h, policy) and gap < policy.won_back_days:
-        return Lifecycle.WON_BACK
+        return _WON_BACK
     if h.orders == 1 and today - h.first_day < policy.new_days:
-        return Lifecycle.NEW
-    return Lifecycle.ACTIVE
+        return _NEW
+    return _ACTIVE
 
 
 # The threshold each stage's rule names, as text; only the stage at hand's is built.

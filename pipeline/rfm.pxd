@@ -2,6 +2,7 @@
 # (docs/compiled-core.md). Integers are `long long` where the Avro schemas say `long`;
 # anything else a field may hold is `object`: a `str` or `tuple` here would refuse the
 # subclasses (a StrEnum member) the uncompiled module takes.
+import cython
 
 cdef class RfmPolicy:
     cdef readonly long long window_days
@@ -14,6 +15,10 @@ cdef class RfmScores:
 cdef class Window:
     cdef readonly long long orders, amount_minor
 
-cpdef object window(object buckets, object today, RfmPolicy policy)
+cpdef long long day_of(long long ms)
+cpdef object add_purchase(object buckets, long long day, long long orders, long long amount_minor)
+cpdef object trim(object buckets, long long today, long long window_days)
+@cython.locals(first=cython.longlong, orders=cython.longlong, amount=cython.longlong, d=cython.longlong, o=cython.longlong, a=cython.longlong)
+cpdef Window window(object buckets, long long today, RfmPolicy policy)
 cpdef RfmScores score_window(Window w, object last_purchase_day, object today, RfmPolicy policy)
 cpdef object segment(RfmScores scores, RfmPolicy policy)

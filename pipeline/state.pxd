@@ -8,6 +8,8 @@ import cython
 from pipeline.events cimport Touchpoint
 from pipeline.lifecycle cimport LifecyclePolicy, PurchaseHistory
 from pipeline.rfm cimport RfmPolicy
+from pipeline cimport rfm, stages
+from pipeline cimport lifecycle as lc
 from pipeline.stages cimport AiplPolicy
 
 cdef class Policy:
@@ -33,6 +35,7 @@ cdef class Aggregates:
     cdef readonly long long last_join, last_leave, acquired_at
     cdef readonly object acquisition_channel, acquisition_source, referred_by
     cdef readonly long long referred_at, converted_invitees
+    cpdef PurchaseHistory purchase_history(self)
 
 cdef class Derived:
     cdef readonly Scores scores
@@ -83,7 +86,6 @@ cpdef Aggregates _on_share(Aggregates a, Touchpoint e)
 cpdef Aggregates _on_join(Aggregates a, Touchpoint e)
 cpdef Aggregates _on_leave(Aggregates a, Touchpoint e)
 cpdef Aggregates _on_other(Aggregates a, Touchpoint e)
-cpdef dict _seen(Aggregates a, object t)
 cpdef dict facts(Aggregates a, Scores scores, object segment, object stage, object life, object today, object window)
 cpdef Derived derive(Aggregates a, object brand, object now, Policy policy, Derived scored=*, object changed=*)
 cpdef bint _same_scoring_inputs(Aggregates a, Aggregates b)
