@@ -5,6 +5,7 @@ import cython
 
 from pipeline.events cimport Touchpoint
 from pipeline.state cimport PersonState, Policy
+from pipeline cimport state as core
 
 cdef class Outcome:
     cdef public list changes, referrals, written

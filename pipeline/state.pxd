@@ -23,6 +23,7 @@ cdef class Policy:
     cdef readonly object brand_groups
     cpdef object groups_of(self, object brand)
     cpdef RfmPolicy rfm_for(self, object brand)
+    cpdef object rules_for(self, object brand)
 
 cdef class Scores:
     cdef readonly long long r, f, m
@@ -101,3 +102,6 @@ cpdef tuple advance(PersonState state, object brand, object person_id, object no
 cpdef bint is_forwarded_again(PersonState state, object source)
 @cython.locals(a=Aggregates)
 cpdef tuple apply_new(PersonState state, Touchpoint event, object person_id, Policy policy, object offset=*, object source=*)
+cpdef object state_key(object brand, object person_id)
+cpdef tuple split_state_key(object key)
+cpdef object referral_conversion(PersonState before, PersonState after, Touchpoint event, Policy policy)

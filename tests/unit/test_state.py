@@ -646,3 +646,15 @@ def test_the_facts_carried_forward_are_each_compared_under_their_own_name() -> N
     for change in scoring.values():
         assert not _same_scoring_inputs(replace(a, **change), a)
     assert _same_scoring_inputs(replace(a, first_seen=T0 + HOUR), a)  # same day
+
+
+def test_policy_rules_for_is_the_rule_books_choice_of_brand_rules() -> None:
+    book = compile_rules(
+        {
+            "default": {"tags": [{"name": "any", "when": {"lifetime_orders": {"gte": 0}}}]},
+            "brands": {"lumi": {"tags": [{"name": "big", "when": {"m": {"gte": 4}}}]}},
+        }
+    )
+    policy = Policy(rules=book)
+    assert policy.rules_for("lumi") is book.for_brand("lumi") is book.brands["lumi"]
+    assert policy.rules_for("other") is book.for_brand("other") is book.default
