@@ -734,10 +734,16 @@ def _changes(
 ) -> list[SegmentChange]:
     book = policy.rules_for(brand)
     moves: list[tuple[str, str | None, str | None, str]] = []
-    for dim in ("rfm_segment", "aipl_stage", "lifecycle"):
-        b, a = getattr(before, dim), getattr(after, dim)
-        if b != a:
-            moves.append((dim, b, a, _rule_of(dim, after, agg, brand, policy)))
+    # field by field, not getattr by name: compiled, these are C field reads
+    if before.rfm_segment != after.rfm_segment:
+        rule = _rule_of("rfm_segment", after, agg, brand, policy)
+        moves.append(("rfm_segment", before.rfm_segment, after.rfm_segment, rule))
+    if before.aipl_stage != after.aipl_stage:
+        rule = _rule_of("aipl_stage", after, agg, brand, policy)
+        moves.append(("aipl_stage", before.aipl_stage, after.aipl_stage, rule))
+    if before.lifecycle != after.lifecycle:
+        rule = _rule_of("lifecycle", after, agg, brand, policy)
+        moves.append(("lifecycle", before.lifecycle, after.lifecycle, rule))
     # Most changes move a segment, stage or lifecycle only: the tag and layer diffs (sets,
     # dicts and sorts) are built only when those tuples differ.
     if before.tags != after.tags:

@@ -42,6 +42,9 @@ def check_size(size: int, limits: Limits) -> None:
         raise Rejected(Reason.TOO_LARGE, f"{size} bytes > limit {limits.max_message_bytes}")
 
 
+_ORDER_PAYLOADS = (Purchase, Refund)  # built once: `Purchase | Refund` makes a new union per call
+
+
 def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
     """Return the event if it keeps the contract; raise Rejected with the reason if not."""
     for name in ("event_id", "brand", "channel"):
@@ -67,7 +70,7 @@ def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
             Reason.BAD_TIMESTAMP, f"occurred_at {e.occurred_at} is before {limits.earliest_ms}"
         )
     p = e.payload
-    if isinstance(p, Purchase | Refund):
+    if isinstance(p, _ORDER_PAYLOADS):
         if not p.order_id:
             raise Rejected(Reason.MISSING_FIELD, "order_id is empty")
         if p.amount_minor < 0 or p.amount_minor > limits.max_amount_minor:
