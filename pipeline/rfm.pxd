@@ -4,6 +4,8 @@
 # subclasses (a StrEnum member) the uncompiled module takes.
 import cython
 
+cdef long long _DAY_MS
+
 cdef class RfmPolicy:
     cdef readonly long long window_days
     cdef readonly object recency_days, frequency_orders, monetary_minor

@@ -80,6 +80,7 @@ cpdef Aggregates _replaced(
     object referred_by,
     object referred_at,
     object converted_invitees)
+cpdef object _subscribed(Aggregates a)
 cpdef Aggregates _take_refund(Aggregates a, object order_id, object amount)
 cpdef Aggregates _on_refund(Aggregates a, Touchpoint e)
 cpdef Aggregates _on_chat(Aggregates a, Touchpoint e)

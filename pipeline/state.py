@@ -142,9 +142,15 @@ class Aggregates:
     @property
     def subscribed(self) -> bool | None:
         """Following / friends / in the group now; None when no join or leave was seen."""
-        if self.last_join < 0 and self.last_leave < 0:
-            return None
-        return self.last_join > self.last_leave
+        return _subscribed(self)
+
+
+def _subscribed(a: Aggregates) -> bool | None:
+    """`Aggregates.subscribed`; the core calls this: compiled, a C call, where reading the
+    property goes through Python's attribute lookup."""
+    if a.last_join < 0 and a.last_leave < 0:
+        return None
+    return a.last_join > a.last_leave
 
 
 @fast_init
@@ -536,7 +542,7 @@ def facts(
             today - a.last_purchase_day if a.last_purchase_day >= 0 else None
         ),
         "days_since_first_seen": today - rfm.day_of(a.first_seen),
-        "subscribed": a.subscribed,
+        "subscribed": _subscribed(a),
         "rfm_segment": segment,
         "aipl_stage": stage,
         "lifecycle": life,
@@ -614,7 +620,7 @@ def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
     (tests/unit/test_carried_state.py checks it). Field by field, not an attrgetter's
     tuple: compiled, these are C comparisons (docs/compiled-core.md)."""
     return (
-        a.first_seen // rfm.MS_PER_DAY == b.first_seen // rfm.MS_PER_DAY
+        rfm.day_of(a.first_seen) == rfm.day_of(b.first_seen)
         and a.lifetime_orders == b.lifetime_orders
         and a.lifetime_amount_minor == b.lifetime_amount_minor
         and a.first_purchase_day == b.first_purchase_day
@@ -651,7 +657,7 @@ def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
         a.shares != b.shares,
         a.invitations != b.invitations,
         a.converted_invitees != b.converted_invitees,
-        a.subscribed != b.subscribed,
+        _subscribed(a) != _subscribed(b),
         a.acquisition_channel != b.acquisition_channel,
         a.acquisition_source != b.acquisition_source,
     )
@@ -792,7 +798,7 @@ def _recompute(
     `s` still hold and are kept, and the rules run only if they read a fact that changed.
     `same_policy=False` (the policy changed) re-derives everything."""
     now = s.as_of if s.as_of > at else at
-    trimmed = rfm.trim(agg.buckets, now // rfm.MS_PER_DAY, policy.rfm_for(brand).window_days)
+    trimmed = rfm.trim(agg.buckets, rfm.day_of(now), policy.rfm_for(brand).window_days)
     if trimmed is not agg.buckets:
         agg = _with(agg, buckets=trimmed)
     if same_policy and _holds_at(s, now) and _same_scoring_inputs(agg, s.agg):
