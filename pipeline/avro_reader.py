@@ -29,10 +29,15 @@ than there are bytes left (so a forged count cannot make it loop or allocate for
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import fastavro
+
+from pipeline.core_loader import INTERPRETED_ENV
 
 # read(message, position) -> (record, position after it)
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
@@ -138,8 +143,10 @@ class _Source:
         self.emit(indent, "else:")
         self.long(indent + 1, length)
         self.emit(indent + 1, f"if {length} < 0: raise ValueError('a negative length')")
+        # compared before it is added: built with C positions (`compiled_source`), p + a
+        # forged 63-bit length would overflow rather than end early
+        self.emit(indent + 1, f"if {length} > size - p: raise EOFError")
         self.emit(indent + 1, f"{end} = p + {length}")
-        self.emit(indent + 1, f"if {end} > size: raise EOFError")
         self.emit(indent + 1, f"{target} = b[p:{end}].decode()")
         self.emit(indent, f"p = {end}")
 
@@ -187,11 +194,11 @@ class _Source:
         self.emit(indent + 1, f"raise ValueError(f'union index {{{index}}} out of range')")
 
 
-def compile_reader(schema: Any) -> Reader | None:
-    """A decoder `read(message, position)` returning the record whose Avro body starts at
-    `position` and the position after it, or None when the schema uses a type this
-    module does not compile. `schema` is parsed first (a no-op for a parsed one): names in
-    unions must be the full names fastavro returns."""
+def reader_source(schema: Any) -> str | None:
+    """The Python source of the decoder `compile_reader` makes for `schema` (a function
+    `read`), or None when the schema uses a type this module does not compile. `schema`
+    is parsed first (a no-op for a parsed one): names in unions must be the full names
+    fastavro returns."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
     schema = fastavro.parse_schema(schema)
@@ -200,8 +207,82 @@ def compile_reader(schema: Any) -> Reader | None:
         source.value(1, schema, "r")
     except Unsupported:
         return None
-    code = "def read(b, p):\n    size = len(b)\n" + "\n".join(source.lines) + "\n    return r, p\n"
+    return "def read(b, p):\n    size = len(b)\n" + "\n".join(source.lines) + "\n    return r, p\n"
+
+
+def source_key(source: str) -> str:
+    """What a decoder compiled ahead of time is found by: a digest of its exact source,
+    so a build made from other schemas or by another version of this module never
+    matches (its decoders are simply not used)."""
+    return hashlib.sha256(source.encode()).hexdigest()[:20]
+
+
+# -- decoders compiled ahead of time ------------------------------------------------------
+#
+# `python -m pipeline.compiled_core` (make venv) also builds `pipeline._avro_readers`: the
+# source of each registered schema's decoder, with C types declared for the message, the
+# position and the byte being read (`compiled_source`), compiled by Cython (~2x faster
+# than the same source run by `exec`: docs/compiled-core.md). `compile_reader` uses the
+# one whose source is the one it would run, and `exec`s the source otherwise.
+
+_COMPILED_NAME = re.compile(r"\b(e\d+)\b")  # the end of a string: a position, like p
+
+
+def compiled_source(source: str, key: str) -> str:
+    """`source` (a `reader_source`) as the build compiles it: named `read_<key>`, with
+    Cython's C types for the message (`bytes`), the positions and the byte just read."""
+    ends = sorted(set(_COMPILED_NAME.findall(source)), key=lambda n: int(n[1:]))
+    types = ["b=bytes", "p=cython.Py_ssize_t", "size=cython.Py_ssize_t", "x=cython.long"]
+    types += [f"{name}=cython.Py_ssize_t" for name in ends]
+    head = f"@cython.locals({', '.join(types)})\ndef read_{key}(b, p):\n"
+    assert source.startswith("def read(b, p):\n")
+    return head + source[len("def read(b, p):\n") :]
+
+
+def readers_module_source(schemas: Iterable[Any]) -> str:
+    """The module `pipeline._avro_readers` is compiled from: a decoder for each of
+    `schemas` this module compiles, and READERS, each by its `source_key`."""
+    lines = ["import cython", "", "READERS = {}", ""]
+    seen: set[str] = set()
+    for schema in schemas:
+        source = reader_source(schema)
+        if source is None:
+            continue
+        key = source_key(source)
+        if key in seen:
+            continue
+        seen.add(key)
+        lines += ["", compiled_source(source, key), f"READERS[{key!r}] = read_{key}", ""]
+    return "\n".join(lines)
+
+
+def prebuilt_readers() -> Mapping[str, Reader]:
+    """The decoders compiled ahead of time, by `source_key`: none without a build, or with
+    `TOUCHFLOW_INTERPRETED=1` (which also runs the core uncompiled)."""
+    if os.environ.get(INTERPRETED_ENV, "") not in ("", "0"):
+        return {}
+    try:
+        from pipeline import _avro_readers  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    readers: Mapping[str, Reader] = _avro_readers.READERS
+    return readers
+
+
+def compile_reader(schema: Any) -> Reader | None:
+    """A decoder `read(message, position)` returning the record whose Avro body starts at
+    `position` and the position after it, or None when the schema uses a type this
+    module does not compile. `schema` is parsed first (a no-op for a parsed one): names in
+    unions must be the full names fastavro returns. The decoder compiled ahead of time
+    for this source when there is one (it takes `bytes` only, as `WireCodec` passes)."""
+    source = reader_source(schema)
+    if source is None:
+        return None
+    built = prebuilt_readers().get(source_key(source))
+    if built is not None:
+        return built
     scope: dict[str, Any] = {}
-    exec(compile(code, f"<avro reader {schema.get('name', '?')}>", "exec"), scope)
+    name = schema.get("name", "?")
+    exec(compile(source, f"<avro reader {name}>", "exec"), scope)
     reader: Reader = scope["read"]
     return reader

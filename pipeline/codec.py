@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import fastavro
 
-from pipeline.avro_reader import compile_reader
+from pipeline.avro_reader import compile_reader, prebuilt_readers
 from pipeline.avro_writer import ObjectLayout, compile_object_writer, compile_writer
 from pipeline.errors import Reason, Rejected
 from pipeline.events import (
@@ -91,6 +91,12 @@ class WireCodec:
         self._reader = compile_reader(self.schema)  # None: fastavro reads it
         # None (no layout, or a schema with a field it does not place): via the record
         self._object_writer = compile_object_writer(self.schema, layout) if layout else None
+
+    @property
+    def reader_prebuilt(self) -> bool:
+        """Whether messages of its own schema are decoded by the decoder compiled ahead of
+        time (`python -m pipeline.compiled_core`), not by its source run with `exec`."""
+        return self._reader is not None and self._reader in prebuilt_readers().values()
 
     def encode(self, record: dict[str, Any]) -> bytes:
         if self._compiled is not None:

@@ -10,7 +10,14 @@ from typing import Any
 import fastavro
 import pytest
 
-from pipeline.avro_reader import compile_reader
+from pipeline.avro_reader import (
+    compile_reader,
+    compiled_source,
+    prebuilt_readers,
+    reader_source,
+    readers_module_source,
+    source_key,
+)
 from pipeline.codec import SCHEMAS_DIR, Codecs, change_to_record, state_to_record
 from pipeline.engine import Outcome, PartitionEngine
 from pipeline.generator import TrafficGenerator
@@ -207,25 +214,42 @@ def test_every_event_state_and_change_of_a_workload_reads_as_fastavro_reads_it()
     assert seen["state"] > 3_000 and seen["change"] > 1_000
 
 
-def test_every_cut_of_a_message_fails_as_ending_early() -> None:
-    read = compiled(SHAPES)
-    records = RandomRecords(SHAPES, seed=3)
+def own_schemas() -> list[tuple[str, Any]]:
+    """The codecs' own schemas, whose decoders the build compiles ahead of time (what
+    runs on every message), and SHAPES, which reaches every kind of value."""
+    codecs = Codecs()
+    return [
+        ("shapes", SHAPES),
+        *((c.schema["name"], c.schema) for c in (codecs.events, codecs.changes, codecs.state)),
+    ]
+
+
+@pytest.mark.parametrize(("name", "schema"), own_schemas(), ids=lambda v: str(v)[:30])
+def test_every_cut_of_a_message_fails_as_ending_early(name: str, schema: Any) -> None:
+    read = compiled(schema)
+    records, rng = RandomRecords(schema, seed=3), random.Random(3)
     for _ in range(20):
-        data = fastavro_bytes(SHAPES, records.record())
-        for cut in range(len(data)):
+        data = fastavro_bytes(schema, records.record())
+        cuts: Any = range(len(data))
+        if schema is not SHAPES and len(data) > 300:  # a state's long arrays: ends, a sample
+            cuts = {*range(100), *range(len(data) - 100, len(data)), *rng.sample(cuts, 100)}
+        for cut in cuts:
             with pytest.raises((IndexError, EOFError)):
                 read(data[:cut], 0)
 
 
-def test_corrupted_messages_read_as_fastavro_reads_them_or_fail_cleanly() -> None:
+@pytest.mark.parametrize(("name", "schema"), own_schemas(), ids=lambda v: str(v)[:30])
+def test_corrupted_messages_read_as_fastavro_reads_them_or_fail_cleanly(
+    name: str, schema: Any
+) -> None:
     """A byte changed anywhere: whatever the compiled reader returns, fastavro returns
     too (same record, same end); where it fails, it fails with one of the errors
     `WireCodec` turns into a rejection, never a TypeError or a hang."""
-    read = compiled(SHAPES)
-    records, rng = RandomRecords(SHAPES, seed=4), random.Random(4)
+    read = compiled(schema)
+    records, rng = RandomRecords(schema, seed=4), random.Random(4)
     succeeded = failed = 0
-    for _ in range(3_000):
-        data = bytearray(fastavro_bytes(SHAPES, records.record()))
+    for _ in range(3_000 if schema is SHAPES else 1_000):
+        data = bytearray(fastavro_bytes(schema, records.record()))
         for _ in range(rng.choice([1, 2, 3])):
             data[rng.randrange(len(data))] = rng.randrange(256)
         try:
@@ -233,7 +257,7 @@ def test_corrupted_messages_read_as_fastavro_reads_them_or_fail_cleanly() -> Non
         except (IndexError, EOFError, ValueError):  # UnicodeDecodeError is a ValueError
             failed += 1
             continue
-        assert got == fastavro_read(SHAPES, bytes(data))
+        assert got == fastavro_read(schema, bytes(data))
         succeeded += 1
     assert succeeded > 100 and failed > 100  # both sides of the property were exercised
 
@@ -328,3 +352,68 @@ def test_an_unparsed_schema_reads_with_full_record_names() -> None:
     for i in range(200):
         data = codecs.encode_event(gen.next_event(NOW + i))
         assert read(data[5:], 0) == fastavro_read(codecs.events.schema, data[5:])
+
+
+# -- the decoders compiled ahead of time (python -m pipeline.compiled_core) ---------------
+
+
+def test_the_codecs_decode_with_the_decoders_compiled_ahead_of_time() -> None:
+    """What a worker runs: each codec's decoder is the build's, found by its source."""
+    if not prebuilt_readers():
+        pytest.skip("no build of the decoders here (make venv builds it), or interpreted")
+    codecs = Codecs()
+    for codec in (codecs.events, codecs.changes, codecs.state):
+        source = reader_source(codec.schema)
+        assert source is not None
+        assert codec._reader is prebuilt_readers()[source_key(source)], codec.schema["name"]
+        assert type(codec._reader).__name__ != "function"  # not the exec'd source
+        assert codec.reader_prebuilt
+
+
+def test_a_schema_the_build_has_not_seen_gets_its_source_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read = compiled(SHAPES)
+    assert type(read).__name__ == "function" and read.__name__ == "read"
+    monkeypatch.setenv("TOUCHFLOW_INTERPRETED", "1")  # the uncompiled build: no prebuilt ones
+    assert prebuilt_readers() == {}
+    events = Codecs().events
+    assert type(compile_reader(events.schema)).__name__ == "function"
+    assert not Codecs().events.reader_prebuilt
+
+
+def test_the_module_the_build_compiles_reads_as_the_sources_do() -> None:
+    """The build's module as plain Python (Cython's decorators are no-ops there): one
+    decoder per schema it can compile, under the key of the source it came from, with
+    C types declared for each end position; each reads what that source reads."""
+    pytest.importorskip("cython")  # the dev extra has it; the build needs it anyway
+    schemas = [s for _, s in own_schemas()]
+    module: dict[str, Any] = {}
+    exec(compile(readers_module_source([*schemas, schemas[1]]), "<readers>", "exec"), module)
+    sources = [reader_source(s) for s in schemas]
+    assert sorted(module["READERS"]) == sorted(source_key(s) for s in sources if s)
+    for schema, source in zip(schemas, sources, strict=True):
+        assert source is not None
+        key = source_key(source)
+        typed = compiled_source(source, key)
+        ends = {n for n in source.replace("(", " ").split() if n[:1] == "e" and n[1:].isdigit()}
+        assert ends and all(f"{e}=cython.Py_ssize_t" in typed.splitlines()[0] for e in ends)
+        read, records = module["READERS"][key], RandomRecords(schema, seed=11)
+        for _ in range(200):
+            data = fastavro_bytes(schema, records.record())
+            assert read(data, 0) == compiled(schema)(data, 0) == fastavro_read(schema, data)
+
+
+def test_a_forged_length_near_2_63_ends_early_rather_than_overflowing() -> None:
+    """A string's length is compared with what is left before it is added to the position:
+    with C positions (the compiled decoders), p + 2**63 - 1 would overflow."""
+    read = Codecs().events._reader  # its first field is a string
+    assert read is not None
+    raw = (2**63 - 1) << 1  # zigzag
+    varint = bytearray()
+    while raw > 127:
+        varint.append(raw & 127 | 128)
+        raw >>= 7
+    varint.append(raw)
+    with pytest.raises(EOFError):
+        read(bytes(varint) + b"abc", 0)

@@ -242,3 +242,14 @@ def test_every_class_a_pxd_declares_is_in_its_module(module: str) -> None:
     classes = declared_classes(pxd)
     assert classes, f"{module}.pxd declares no class"
     as_extension_types(source, classes)  # raises if one is missing
+
+
+def test_remove_takes_away_every_extension_the_build_makes(tmp_path: Path) -> None:
+    from pipeline.compiled_core import READERS_MODULE, remove
+
+    sidecar = _fake_package(tmp_path)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tmp_path / f"{READERS_MODULE}{suffix}").write_bytes(b"")
+    remove(tmp_path, sidecar)
+    assert not list(tmp_path.glob(f"*{suffix}")) and not sidecar.exists()
+    assert all((tmp_path / f"{m}.py").exists() for m in MODULES)  # the sources stay
