@@ -73,10 +73,10 @@ USER touchflow:touchflow
 EXPOSE 6066 9108
 
 # Fail the build early if the install does not resolve the schemas next to the packages,
-# or if the core it runs (or the event decoder) is not the compiled one.
+# or if the core it runs (or the Avro coders) is not the compiled one.
 RUN python -c "import pipeline.codec as c; assert (c.SCHEMAS_DIR / 'registry.json').is_file(), c.SCHEMAS_DIR" \
     && python -c "from pipeline.core_loader import core_is_compiled as c; assert c(), 'core not compiled'" \
-    && python -c "from pipeline.codec import Codecs; assert Codecs().events.reader_prebuilt, 'decoders not compiled'"
+    && python -c "from pipeline.codec import Codecs as C; c = C(); assert c.events.reader_prebuilt and c.state.writers_prebuilt, 'Avro coders not compiled'"
 
 ENTRYPOINT ["touchflow"]
 CMD ["--help"]

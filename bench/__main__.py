@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {"machine": machine(), "started": stamp, "quick": a.quick}
         # which build of the domain core ran (docs/compiled-core.md): the worker runs the same
         result["core_compiled"] = core_is_compiled()
-        result["event_decoder_prebuilt"] = Codecs().events.reader_prebuilt
+        codecs = Codecs()  # which Avro coders: compiled ahead of time, or their source run
+        result["event_decoder_prebuilt"] = codecs.events.reader_prebuilt
+        result["state_encoder_prebuilt"] = codecs.state.writers_prebuilt
         build = "compiled" if result["core_compiled"] else "uncompiled (make venv compiles it)"
         print(f"touchflow bench on {result['machine']}; the core {build}", flush=True)
         if not a.memory_only:

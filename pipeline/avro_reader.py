@@ -29,15 +29,13 @@ than there are bytes left (so a forged count cannot make it loop or allocate for
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import fastavro
 
-from pipeline.core_loader import INTERPRETED_ENV
+from pipeline.avro_prebuilt import READERS_MODULE, compiled_function, prebuilt, source_key
 
 # read(message, position) -> (record, position after it)
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
@@ -210,39 +208,24 @@ def reader_source(schema: Any) -> str | None:
     return "def read(b, p):\n    size = len(b)\n" + "\n".join(source.lines) + "\n    return r, p\n"
 
 
-def source_key(source: str) -> str:
-    """What a decoder compiled ahead of time is found by: a digest of its exact source,
-    so a build made from other schemas or by another version of this module never
-    matches (its decoders are simply not used)."""
-    return hashlib.sha256(source.encode()).hexdigest()[:20]
+# -- decoders compiled ahead of time (pipeline.avro_prebuilt) -----------------------------
 
-
-# -- decoders compiled ahead of time ------------------------------------------------------
-#
-# `python -m pipeline.compiled_core` (make venv) also builds `pipeline._avro_readers`: the
-# source of each registered schema's decoder, with C types declared for the message, the
-# position and the byte being read (`compiled_source`), compiled by Cython (~2x faster
-# than the same source run by `exec`: docs/compiled-core.md). `compile_reader` uses the
-# one whose source is the one it would run, and `exec`s the source otherwise.
-
-_COMPILED_NAME = re.compile(r"\b(e\d+)\b")  # the end of a string: a position, like p
+_END = re.compile(r"\b(e\d+)\b")  # the end of a string: a position, like p
 
 
 def compiled_source(source: str, key: str) -> str:
     """`source` (a `reader_source`) as the build compiles it: named `read_<key>`, with
     Cython's C types for the message (`bytes`), the positions and the byte just read."""
-    ends = sorted(set(_COMPILED_NAME.findall(source)), key=lambda n: int(n[1:]))
+    ends = sorted(set(_END.findall(source)), key=lambda n: int(n[1:]))
     types = ["b=bytes", "p=cython.Py_ssize_t", "size=cython.Py_ssize_t", "x=cython.long"]
     types += [f"{name}=cython.Py_ssize_t" for name in ends]
-    head = f"@cython.locals({', '.join(types)})\ndef read_{key}(b, p):\n"
-    assert source.startswith("def read(b, p):\n")
-    return head + source[len("def read(b, p):\n") :]
+    return compiled_function(source, "read", key, types)
 
 
 def readers_module_source(schemas: Iterable[Any]) -> str:
     """The module `pipeline._avro_readers` is compiled from: a decoder for each of
-    `schemas` this module compiles, and READERS, each by its `source_key`."""
-    lines = ["import cython", "", "READERS = {}", ""]
+    `schemas` this module compiles, in FUNCTIONS by its `source_key`."""
+    lines = ["import cython", "", "FUNCTIONS = {}", ""]
     seen: set[str] = set()
     for schema in schemas:
         source = reader_source(schema)
@@ -252,21 +235,13 @@ def readers_module_source(schemas: Iterable[Any]) -> str:
         if key in seen:
             continue
         seen.add(key)
-        lines += ["", compiled_source(source, key), f"READERS[{key!r}] = read_{key}", ""]
+        lines += ["", compiled_source(source, key), f"FUNCTIONS[{key!r}] = read_{key}", ""]
     return "\n".join(lines)
 
 
 def prebuilt_readers() -> Mapping[str, Reader]:
-    """The decoders compiled ahead of time, by `source_key`: none without a build, or with
-    `TOUCHFLOW_INTERPRETED=1` (which also runs the core uncompiled)."""
-    if os.environ.get(INTERPRETED_ENV, "") not in ("", "0"):
-        return {}
-    try:
-        from pipeline import _avro_readers  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    readers: Mapping[str, Reader] = _avro_readers.READERS
-    return readers
+    """The decoders compiled ahead of time, by `source_key` (pipeline.avro_prebuilt)."""
+    return prebuilt(READERS_MODULE)
 
 
 def compile_reader(schema: Any) -> Reader | None:

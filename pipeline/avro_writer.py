@@ -30,9 +30,12 @@ records come from our own code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pipeline.avro_prebuilt import WRITERS_MODULE, compiled_function, prebuilt, source_key
 
 Writer = Callable[[dict[str, Any], bytearray], None]
 ObjectWriter = Callable[[Any, bytearray], None]
@@ -236,7 +239,12 @@ def compile_object_writer(schema: dict[str, Any], layout: ObjectLayout) -> Objec
     return _compile(schema, layout)
 
 
-def _compile(schema: dict[str, Any], layout: ObjectLayout | None) -> ObjectWriter | None:
+def writer_source(
+    schema: dict[str, Any], layout: ObjectLayout | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """The Python source of the encoder `compile_writer` (no layout) or
+    `compile_object_writer` makes (a function `write`), and the names it reads besides
+    its arguments (its `ArrayMemo`s); None when it would return None."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
     source = _Source(layout)
@@ -250,7 +258,53 @@ def _compile(schema: dict[str, Any], layout: ObjectLayout | None) -> ObjectWrite
     if layout is not None:  # layouts speak of `s`
         prologue = ["    s = r", *(f"    {line}" for line in layout.prelude)]
     code = "def write(r, out):\n" + "\n".join(prologue + source.lines or ["    pass"]) + "\n"
-    scope: dict[str, Any] = dict(source.scope)
+    return code, dict(source.scope)
+
+
+def _compile(schema: dict[str, Any], layout: ObjectLayout | None) -> ObjectWriter | None:
+    made = writer_source(schema, layout)
+    if made is None:
+        return None
+    code, scope = made
+    built = prebuilt_writers().get(source_key(code))
+    if built is not None:
+        return built
     exec(compile(code, f"<avro writer {schema.get('name', '?')}>", "exec"), scope)
     writer: ObjectWriter = scope["write"]
     return writer
+
+
+# -- encoders compiled ahead of time (pipeline.avro_prebuilt) -----------------------------
+
+_MEMO = re.compile(r"\bmemo(\d+)\b")  # an ArrayMemo the source reads by name
+
+
+def writers_module_source(writers: Iterable[tuple[dict[str, Any], ObjectLayout | None]]) -> str:
+    """The module `pipeline._avro_writers` is compiled from: the encoder of each (schema,
+    layout) of `writers` that this module compiles, with `out` declared a `bytearray`, in
+    FUNCTIONS by its `source_key`; each `ArrayMemo` it reads becomes a module global of
+    its own (shared by every codec of the process that uses the encoder: an entry is an
+    immutable tuple and its bytes, the same whoever wrote it)."""
+    lines = ["import cython", "", "from pipeline.avro_writer import ArrayMemo", ""]
+    lines += ["FUNCTIONS = {}", ""]
+    seen: set[str] = set()
+    for schema, layout in writers:
+        made = writer_source(schema, layout)
+        if made is None:
+            continue
+        code, scope = made
+        key = source_key(code)
+        if key in seen:
+            continue
+        seen.add(key)
+        assert all(_MEMO.fullmatch(name) and isinstance(v, ArrayMemo) for name, v in scope.items())
+        code = _MEMO.sub(rf"\g<0>_{key}", code)
+        lines += [f"{name}_{key} = ArrayMemo()" for name in scope]
+        lines += ["", compiled_function(code, "write", key, ["out=bytearray"])]
+        lines += [f"FUNCTIONS[{key!r}] = write_{key}", ""]
+    return "\n".join(lines)
+
+
+def prebuilt_writers() -> Mapping[str, ObjectWriter]:
+    """The encoders compiled ahead of time, by `source_key` (pipeline.avro_prebuilt)."""
+    return prebuilt(WRITERS_MODULE)

@@ -18,7 +18,12 @@ from typing import Any, Protocol
 import fastavro
 
 from pipeline.avro_reader import compile_reader, prebuilt_readers
-from pipeline.avro_writer import ObjectLayout, compile_object_writer, compile_writer
+from pipeline.avro_writer import (
+    ObjectLayout,
+    compile_object_writer,
+    compile_writer,
+    prebuilt_writers,
+)
 from pipeline.errors import Reason, Rejected
 from pipeline.events import (
     Chat,
@@ -90,6 +95,7 @@ class WireCodec:
         self._compiled = compile_writer(self.schema)  # None: fastavro writes it
         self._reader = compile_reader(self.schema)  # None: fastavro reads it
         # None (no layout, or a schema with a field it does not place): via the record
+        self._layout = layout
         self._object_writer = compile_object_writer(self.schema, layout) if layout else None
 
     @property
@@ -97,6 +103,14 @@ class WireCodec:
         """Whether messages of its own schema are decoded by the decoder compiled ahead of
         time (`python -m pipeline.compiled_core`), not by its source run with `exec`."""
         return self._reader is not None and self._reader in prebuilt_readers().values()
+
+    @property
+    def writers_prebuilt(self) -> bool:
+        """Whether its encoders (of records, and of objects where it has a layout) are the
+        ones compiled ahead of time, not their source run with `exec`."""
+        built = prebuilt_writers().values()
+        wanted = (self._compiled, self._object_writer) if self._layout else (self._compiled,)
+        return all(w is not None and w in built for w in wanted)
 
     def encode(self, record: dict[str, Any]) -> bytes:
         if self._compiled is not None:

@@ -10,13 +10,13 @@ from typing import Any
 import fastavro
 import pytest
 
+from pipeline.avro_prebuilt import source_key
 from pipeline.avro_reader import (
     compile_reader,
     compiled_source,
     prebuilt_readers,
     reader_source,
     readers_module_source,
-    source_key,
 )
 from pipeline.codec import SCHEMAS_DIR, Codecs, change_to_record, state_to_record
 from pipeline.engine import Outcome, PartitionEngine
@@ -391,14 +391,14 @@ def test_the_module_the_build_compiles_reads_as_the_sources_do() -> None:
     module: dict[str, Any] = {}
     exec(compile(readers_module_source([*schemas, schemas[1]]), "<readers>", "exec"), module)
     sources = [reader_source(s) for s in schemas]
-    assert sorted(module["READERS"]) == sorted(source_key(s) for s in sources if s)
+    assert sorted(module["FUNCTIONS"]) == sorted(source_key(s) for s in sources if s)
     for schema, source in zip(schemas, sources, strict=True):
         assert source is not None
         key = source_key(source)
         typed = compiled_source(source, key)
         ends = {n for n in source.replace("(", " ").split() if n[:1] == "e" and n[1:].isdigit()}
         assert ends and all(f"{e}=cython.Py_ssize_t" in typed.splitlines()[0] for e in ends)
-        read, records = module["READERS"][key], RandomRecords(schema, seed=11)
+        read, records = module["FUNCTIONS"][key], RandomRecords(schema, seed=11)
         for _ in range(200):
             data = fastavro_bytes(schema, records.record())
             assert read(data, 0) == compiled(schema)(data, 0) == fastavro_read(schema, data)

@@ -8,7 +8,16 @@ from typing import Any
 import fastavro
 import pytest
 
-from pipeline.avro_writer import ArrayMemo, ObjectLayout, compile_object_writer, compile_writer
+from pipeline.avro_prebuilt import source_key
+from pipeline.avro_writer import (
+    ArrayMemo,
+    ObjectLayout,
+    compile_object_writer,
+    compile_writer,
+    prebuilt_writers,
+    writer_source,
+    writers_module_source,
+)
 from pipeline.codec import (
     CHANGE_LAYOUT,
     STATE_LAYOUT,
@@ -364,3 +373,71 @@ def test_the_state_writer_memoizes_buckets_and_orders_and_stays_byte_exact() -> 
             assert codecs.encode_state(s)[5:] == want
             previous[key] = s
     assert reused > 100  # the memo's case happened, and often
+
+
+# -- the encoders compiled ahead of time (python -m pipeline.compiled_core) ---------------
+
+
+def _workload_states_and_changes(n: int) -> tuple[list[PersonState], list[Any]]:
+    settings = Settings()
+    gen = TrafficGenerator(b"k" * 32, seed=5, referrals=True)
+    states: dict[bytes, PersonState] = {}
+    engine = PartitionEngine(settings.policy(), states, settings.allowed_lateness_ms)
+    start, step = NOW - 400 * MS_PER_DAY, 400 * MS_PER_DAY // n
+    written, changes = [], []
+    for i in range(n):
+        event = gen.next_event(start + i * step)
+        out = Outcome()
+        engine.on_event(event, person_id_for(event.user), i, out)
+        written += [states[k] for k in out.written]
+        changes += out.changes
+    return written, changes
+
+
+def test_the_codecs_encode_with_the_encoders_compiled_ahead_of_time() -> None:
+    """What a worker runs for every change and every state it writes."""
+    if not prebuilt_writers():
+        pytest.skip("no build of the encoders here (make venv builds it), or interpreted")
+    codecs = Codecs()
+    assert codecs.changes.writers_prebuilt and codecs.state.writers_prebuilt
+    assert type(codecs.state._object_writer).__name__ != "function"  # not the exec'd source
+
+
+def test_without_a_build_the_encoders_run_their_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOUCHFLOW_INTERPRETED", "1")
+    assert prebuilt_writers() == {}
+    codecs = Codecs()
+    assert not codecs.state.writers_prebuilt
+    assert type(codecs.state._object_writer).__name__ == "function"
+
+
+def test_the_module_the_build_compiles_writes_as_the_sources_do() -> None:
+    """The build's module as plain Python (Cython's decorators are no-ops there): one
+    encoder per (schema, layout), under the key of its source, each memo a global of its
+    own; each writes fastavro's bytes for a workload's states and changes."""
+    pytest.importorskip("cython")  # the dev extra has it; the build needs it anyway
+    codecs = Codecs()
+    pairs = [
+        (codecs.changes.schema, None),
+        (codecs.state.schema, None),
+        (codecs.changes.schema, CHANGE_LAYOUT),
+        (codecs.state.schema, STATE_LAYOUT),
+        (codecs.state.schema, STATE_LAYOUT),  # the same twice: built once
+    ]
+    module: dict[str, Any] = {}
+    exec(compile(writers_module_source(pairs), "<writers>", "exec"), module)
+    sources = [writer_source(schema, layout) for schema, layout in pairs]
+    keys = [source_key(made[0]) for made in sources if made is not None]
+    assert sorted(module["FUNCTIONS"]) == sorted(set(keys)) and len(set(keys)) == 4
+    memos = [name for name, v in module.items() if isinstance(v, ArrayMemo)]
+    state_key = source_key(sources[3][0])  # type: ignore[index]
+    assert memos and all(name.endswith(f"_{state_key}") for name in memos)
+    states, changes = _workload_states_and_changes(1_500)
+    for (schema, layout), key in zip(pairs, keys, strict=True):
+        write = module["FUNCTIONS"][key]
+        items = changes if schema is codecs.changes.schema else states
+        to_record = change_to_record if items is changes else state_to_record
+        for item in items[:: max(1, len(items) // 400)]:
+            out = bytearray()
+            write(item if layout else to_record(item), out)
+            assert bytes(out) == fastavro_bytes(schema, to_record(item))

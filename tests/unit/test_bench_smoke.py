@@ -43,6 +43,7 @@ def test_in_process_parts_write_a_result_with_positive_figures(tmp_path: Path) -
     assert "cores" in latest["machine"] and "Python 3.11" in latest["machine"]
     assert latest["core_compiled"] is core_is_compiled()  # which build the figures are of
     assert latest["event_decoder_prebuilt"] is Codecs().events.reader_prebuilt
+    assert latest["state_encoder_prebuilt"] is Codecs().state.writers_prebuilt
 
 
 def test_hot_path_encodes_each_state_once_per_write_interval_as_the_worker_does() -> None:

@@ -1,0 +1,53 @@
+"""The Avro decoders and encoders compiled ahead of time, and how they are found.
+
+`pipeline.avro_reader` and `pipeline.avro_writer` generate Python source from a schema
+and run it with `exec`. `python -m pipeline.compiled_core` (make venv) also compiles the
+source they generate for the registered schemas, with Cython and a few C types declared
+(the message as `bytes`, the output as `bytearray`, positions as C integers), into
+`pipeline._avro_readers` and `pipeline._avro_writers`: ~2x faster (docs/compiled-core.md).
+Each function there is found by a digest of the exact source it was compiled from
+(`source_key`), so one built from other schemas, or by another version of the
+generators, is simply never used: the generated source is run instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pipeline.core_loader import INTERPRETED_ENV
+
+READERS_MODULE = "_avro_readers"
+WRITERS_MODULE = "_avro_writers"
+
+
+def source_key(source: str) -> str:
+    """What a function compiled ahead of time is found by: a digest of its exact source."""
+    return hashlib.sha256(source.encode()).hexdigest()[:20]
+
+
+def prebuilt(module: str) -> Mapping[str, Callable[..., Any]]:
+    """The functions `module` (READERS_MODULE or WRITERS_MODULE) holds, by `source_key`:
+    none without a build, or with `TOUCHFLOW_INTERPRETED=1` (which also runs the core
+    uncompiled)."""
+    if os.environ.get(INTERPRETED_ENV, "") not in ("", "0"):
+        return {}
+    try:
+        built = importlib.import_module(f"pipeline.{module}")
+    except ImportError:
+        return {}
+    # a build older than this module may name them otherwise: then it has none to give
+    functions: Mapping[str, Callable[..., Any]] = getattr(built, "FUNCTIONS", {})
+    return functions
+
+
+def compiled_function(source: str, name: str, key: str, types: list[str]) -> str:
+    """`source` (a generated `def {name}(...)`) as the build compiles it: renamed
+    `{name}_{key}`, with Cython's C types `types` (e.g. `"b=bytes"`) declared."""
+    head = source.split("\n", 1)[0]
+    assert head.startswith(f"def {name}(") and head.endswith(":"), head
+    decorator = f"@cython.locals({', '.join(types)})\n" if types else ""
+    return decorator + f"def {name}_{key}(" + source[len(f"def {name}(") :]
