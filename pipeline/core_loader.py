@@ -26,7 +26,7 @@ from types import ModuleType
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # In the order they are built: each .pxd may cimport the ones before it.
-MODULES = ("rfm", "lifecycle", "stages", "events", "state", "engine")
+MODULES = ("rfm", "lifecycle", "stages", "events", "state", "engine", "validation")
 SIDECAR = PACKAGE_DIR / "_compiled_core.json"  # module -> digest of what it was built from
 INTERPRETED_ENV = "TOUCHFLOW_INTERPRETED"
 
@@ -122,6 +122,7 @@ def is_compiled(module: ModuleType) -> bool:
 
 def core_is_compiled() -> bool:
     """Whether every core module this process imported is the compiled one."""
-    from pipeline import engine, events, lifecycle, rfm, stages, state
+    from pipeline import engine, events, lifecycle, rfm, stages, state, validation
 
-    return all(is_compiled(m) for m in (rfm, lifecycle, stages, events, state, engine))
+    modules = (rfm, lifecycle, stages, events, state, engine, validation)
+    return all(is_compiled(m) for m in modules)
