@@ -122,7 +122,4 @@ def is_compiled(module: ModuleType) -> bool:
 
 def core_is_compiled() -> bool:
     """Whether every core module this process imported is the compiled one."""
-    from pipeline import engine, events, lifecycle, rfm, stages, state, validation
-
-    modules = (rfm, lifecycle, stages, events, state, engine, validation)
-    return all(is_compiled(m) for m in modules)
+    return all(is_compiled(importlib.import_module(f"{__package__}.{m}")) for m in MODULES)
