@@ -2,11 +2,14 @@
 # (docs/compiled-core.md): the contract checks every event passes before it touches state.
 # Integers are `long long`; anything else a field may hold is `object`.
 
-from pipeline.events cimport Touchpoint
+from pipeline.events cimport Touchpoint, UserRef
+from pipeline.pii cimport is_pseudonymised
 
 cdef class Limits:
     cdef readonly long long max_message_bytes, max_amount_minor, max_future_ms, earliest_ms
     cdef readonly object brands, groups
 
-cpdef list _identities(Touchpoint e)
+cpdef _check_pseudonymised(object where, UserRef user)
+cpdef _check_identities(Touchpoint e)
+cpdef bint _is_slug(object brand)
 cpdef object validate(Touchpoint e, object now_ms, Limits limits)

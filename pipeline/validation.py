@@ -11,7 +11,8 @@ from pipeline.pii import PERSONAL_ID_TYPES, is_pseudonymised
 
 MS_PER_DAY = 86_400_000
 # Brand and brand-group names: short slugs (':' separates brand and person in state keys).
-SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# `\Z`, not `$`, which also matches before a final newline ("lumi\n" is not a slug).
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,18 +25,40 @@ class Limits:
     groups: frozenset[str] = frozenset()  # brand-group names, never an event's brand
 
 
-def _identities(e: Touchpoint) -> list[tuple[str, UserRef]]:
-    """Every identity an event carries: the customer's and any in the payload."""
-    found = [("user.id", e.user)]
+def _check_pseudonymised(where: str, user: UserRef) -> None:
+    if user.id_type in PERSONAL_ID_TYPES and not is_pseudonymised(user.id):
+        # Never echo the value: it is personal data.
+        raise Rejected(Reason.RAW_PII, f"{where} of type {user.id_type} is not a keyed hash")
+
+
+def _check_identities(e: Touchpoint) -> None:
+    """Every identity an event carries, the customer's and any in the payload, must be a
+    keyed hash where its type is personal (checked in place: no list of them per event)."""
+    _check_pseudonymised("user.id", e.user)
     p = e.payload
     if isinstance(p, Join) and p.referrer is not None:
-        found.append(("payload.referrer", p.referrer))
+        _check_pseudonymised("payload.referrer", p.referrer)
     elif isinstance(p, Share) and p.invitee is not None:
-        found.append(("payload.invitee", p.invitee))
+        _check_pseudonymised("payload.invitee", p.invitee)
     elif isinstance(p, Identify):
-        for u in p.identities:  # a loop: a compiled (declared) function holds no generator
-            found.append(("payload.identities", u))
-    return found
+        for u in p.identities:
+            _check_pseudonymised("payload.identities", u)
+
+
+# Brands already matched: the pattern runs once per brand rather than once per event (a
+# topic carries a few brands). Bounded: past the limit, new brands are matched each time.
+_SLUGS_SEEN: set[str] = set()
+_SLUGS_KEPT = 1024
+
+
+def _is_slug(brand: str) -> bool:
+    if brand in _SLUGS_SEEN:
+        return True
+    if SLUG.match(brand) is None:
+        return False
+    if len(_SLUGS_SEEN) < _SLUGS_KEPT:
+        _SLUGS_SEEN.add(brand)
+    return True
 
 
 def check_size(size: int, limits: Limits) -> None:
@@ -54,11 +77,8 @@ def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
         raise Rejected(Reason.MISSING_FIELD, "channel is empty")
     if not e.user.id or not e.user.id_type:
         raise Rejected(Reason.MISSING_FIELD, "user.id_type and user.id are required")
-    for where, user in _identities(e):
-        if user.id_type in PERSONAL_ID_TYPES and not is_pseudonymised(user.id):
-            # Never echo the value: it is personal data.
-            raise Rejected(Reason.RAW_PII, f"{where} of type {user.id_type} is not a keyed hash")
-    if not SLUG.match(e.brand):
+    _check_identities(e)
+    if not _is_slug(e.brand):
         raise Rejected(Reason.UNKNOWN_BRAND, f"brand {e.brand[:80]!r} is not a slug")
     if e.brand in limits.groups:
         raise Rejected(Reason.UNKNOWN_BRAND, f"{e.brand!r} is a brand group, not a brand")

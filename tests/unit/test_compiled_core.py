@@ -240,7 +240,7 @@ def test_every_class_a_pxd_declares_is_in_its_module(module: str) -> None:
     pxd = (ROOT / "pipeline" / f"{module}.pxd").read_text()
     source = (ROOT / "pipeline" / f"{module}.py").read_text()
     classes = declared_classes(pxd)
-    assert classes, f"{module}.pxd declares no class"
+    assert classes or "cpdef " in pxd, f"{module}.pxd declares nothing"  # pii: functions only
     as_extension_types(source, classes)  # raises if one is missing
 
 

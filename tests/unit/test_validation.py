@@ -201,6 +201,7 @@ def test_a_brand_must_be_a_slug_and_not_a_brand_group(make_event, hashed_user) -
     now = 1_700_000_000_000
     for brand, limits, message in [
         ("lumi:kids", Limits(), "is not a slug"),
+        ("lumi\n", Limits(), "is not a slug"),  # `$` in the pattern once let this through
         ("house", Limits(groups=frozenset({"house"})), "is a brand group"),
     ]:
         event = make_event(EventType.LEAVE, Leave("unfollow"), now, brand=brand)
@@ -210,6 +211,25 @@ def test_a_brand_must_be_a_slug_and_not_a_brand_group(make_event, hashed_user) -
             assert rejected.reason == Reason.UNKNOWN_BRAND and message in rejected.message
         else:
             raise AssertionError(f"{brand} was accepted")
+
+
+def test_brands_matched_once_are_remembered_within_a_bound(make_event) -> None:
+    from pipeline import validation
+    from pipeline.errors import Rejected
+    from pipeline.events import EventType, Leave
+
+    now = 1_700_000_000_000
+    limits = validation.Limits()
+    for i in range(validation._SLUGS_KEPT + 5):
+        brand = f"memo-{i}"
+        for _ in range(2):  # the second time from the memo
+            event = make_event(EventType.LEAVE, Leave("unfollow"), now, brand=brand)
+            assert validation.validate(event, now, limits) is event
+    assert len(validation._SLUGS_SEEN) == validation._SLUGS_KEPT
+    for brand in ("memo-0:x", "memo-0\n", ""):  # never a neighbour of a remembered one
+        event = make_event(EventType.LEAVE, Leave("unfollow"), now, brand=brand)
+        with pytest.raises(Rejected):
+            validation.validate(event, now, limits)
 
 
 def test_settings_check_brand_groups() -> None:
