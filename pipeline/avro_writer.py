@@ -102,6 +102,8 @@ class _Source:
         self.memoized: set[str] = set()  # variables holding an array to memoize
         self.objects: set[str] = set()  # variables holding a record as an object
         self.scope: dict[str, Any] = {}  # names the generated code reads (memos)
+        self.longs: list[str] = []  # variables holding a `long` field's value, never None
+        self.zigzags: list[str] = []  # variables holding a zigzag-encoded long
 
     def name(self, stem: str) -> str:
         self.names += 1
@@ -112,6 +114,7 @@ class _Source:
 
     def long(self, indent: int, expr: str) -> None:
         z = self.name("z")
+        self.zigzags.append(z)
         self.emit(indent, f"{z} = ({expr} << 1) ^ ({expr} >> 63)")
         self.emit(indent, f"if {z} < 128: out.append({z})")
         self.emit(indent, "else:")  # inline: no call, no temporary bytes (~2x a call)
@@ -151,6 +154,8 @@ class _Source:
             for f in schema["fields"]:
                 v = self.name("v")
                 self.emit(indent, f"{v} = {self.field_of(expr, f)}")
+                if _plain_long(f["type"]):
+                    self.longs.append(v)
                 if self.layout is not None and expr == "r":
                     if f["name"] in self.layout.items:
                         self.item_fields[v] = self.layout.items[f["name"]]
@@ -226,6 +231,12 @@ class _Source:
             self.emit(indent, "pass")
 
 
+def _plain_long(schema: Any) -> bool:
+    """A field of type int or long (a union with null is not: it may hold None)."""
+    kind = schema.get("type") if isinstance(schema, dict) else schema
+    return kind in ("int", "long")
+
+
 def compile_writer(schema: dict[str, Any]) -> Writer | None:
     """An encoder `write(record, out)` appending `record`'s Avro body to `out`, or None
     when the schema uses a type this module does not compile."""
@@ -245,6 +256,11 @@ def writer_source(
     """The Python source of the encoder `compile_writer` (no layout) or
     `compile_object_writer` makes (a function `write`), and the names it reads besides
     its arguments (its `ArrayMemo`s); None when it would return None."""
+    made = _generated(schema, layout)
+    return None if made is None else (made[0], dict(made[1].scope))
+
+
+def _generated(schema: dict[str, Any], layout: ObjectLayout | None) -> tuple[str, _Source] | None:
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
     source = _Source(layout)
@@ -258,7 +274,7 @@ def writer_source(
     if layout is not None:  # layouts speak of `s`
         prologue = ["    s = r", *(f"    {line}" for line in layout.prelude)]
     code = "def write(r, out):\n" + "\n".join(prologue + source.lines or ["    pass"]) + "\n"
-    return code, dict(source.scope)
+    return code, source
 
 
 def _compile(schema: dict[str, Any], layout: ObjectLayout | None) -> ObjectWriter | None:
@@ -289,10 +305,11 @@ def writers_module_source(writers: Iterable[tuple[dict[str, Any], ObjectLayout |
     lines += ["FUNCTIONS = {}", ""]
     seen: set[str] = set()
     for schema, layout in writers:
-        made = writer_source(schema, layout)
+        made = _generated(schema, layout)
         if made is None:
             continue
-        code, scope = made
+        code, source = made
+        scope = source.scope
         key = source_key(code)
         if key in seen:
             continue
@@ -300,7 +317,11 @@ def writers_module_source(writers: Iterable[tuple[dict[str, Any], ObjectLayout |
         assert all(_MEMO.fullmatch(name) and isinstance(v, ArrayMemo) for name, v in scope.items())
         code = _MEMO.sub(rf"\g<0>_{key}", code)
         lines += [f"{name}_{key} = ArrayMemo()" for name in scope]
-        lines += ["", compiled_function(code, "write", key, ["out=bytearray"])]
+        types = ["out=bytearray"]
+        if layout is not None:  # an object's fields, from touchflow's own values: C integers
+            types += [f"{v}=cython.longlong" for v in source.longs]
+            types += [f"{z}=cython.ulonglong" for z in source.zigzags]
+        lines += ["", compiled_function(code, "write", key, types)]
         lines += [f"FUNCTIONS[{key!r}] = write_{key}", ""]
     return "\n".join(lines)
 
