@@ -16,7 +16,7 @@ from pipeline import state as core
 from pipeline.codec import Codecs
 from pipeline.engine import Outcome, PartitionEngine
 from pipeline.events import Chat, EventType, Join, Purchase, Refund, Share, Touchpoint, UserRef
-from pipeline.identity import person_id_for
+from pipeline.identity import forget_person_ids, person_id_for
 from pipeline.ingest import accept
 from pipeline.pii import pseudonymise
 from pipeline.rfm import MS_PER_DAY
@@ -72,6 +72,7 @@ def hot_path_run(raws: list[bytes], settings: Settings, codecs: Codecs) -> int:
     policy, limits = settings.policy(), settings.limits()
     engine = PartitionEngine(policy, {}, settings.allowed_lateness_ms)
     store = engine.store
+    forget_person_ids()  # each run meets its people for the first time, as the engine does
     now = int(time.time() * 1000)
     batch_events = settings.worker_batch_events
     writes = StateWrites(settings.worker_state_write_seconds)
