@@ -53,6 +53,8 @@ class _Source:
         self.names = 0
         self.named: dict[str, Any] = {}  # records by full name, for later references
         self.open: set[str] = set()  # records being read: a reference back is recursion
+        self.longs: set[str] = set()  # variables `long` reads a number into
+        self.others: set[str] = set()  # variables given anything else (a union's None)
 
     def name(self, stem: str) -> str:
         self.names += 1
@@ -62,23 +64,26 @@ class _Source:
         self.lines.append("    " * indent + line)
 
     def long(self, indent: int, target: str) -> None:
-        """Code reading one zigzag varint into `target` (a one-byte number without a loop)."""
+        """Code reading one zigzag varint into `target` (a one-byte number without a loop).
+        The bits gather in `w`: compiled (`compiled_source`), an unsigned 64-bit integer,
+        and `target` a signed one."""
+        self.longs.add(target)
         self.emit(indent, "x = b[p]")  # IndexError: the message ended
         self.emit(indent, "p += 1")
         self.emit(indent, f"if x < 128: {target} = (x >> 1) ^ -(x & 1)")
         self.emit(indent, "else:")
-        self.emit(indent + 1, f"{target} = x & 127")
+        self.emit(indent + 1, "w = x & 127")
         self.emit(indent + 1, "s = 7")
         self.emit(indent + 1, "while True:")
         self.emit(indent + 2, "x = b[p]")
         self.emit(indent + 2, "p += 1")
-        self.emit(indent + 2, f"{target} |= (x & 127) << s")
+        self.emit(indent + 2, "w |= (x & 127) << s")
         self.emit(indent + 2, "if x < 128: break")
         self.emit(indent + 2, "s += 7")
         self.emit(indent + 2, "if s > 63: raise ValueError('a number longer than 10 bytes')")
         # the 10th byte holds bit 63 alone: more would not fit 64 bits (fastavro wraps it)
         self.emit(indent + 1, "if s == 63 and x > 1: raise ValueError('a number beyond 64 bits')")
-        self.emit(indent + 1, f"{target} = ({target} >> 1) ^ -({target} & 1)")
+        self.emit(indent + 1, f"{target} = (w >> 1) ^ -(w & 1)")
 
     def resolve(self, schema: Any) -> Any:
         """`schema` itself, or the record it names."""
@@ -115,9 +120,11 @@ class _Source:
         if isinstance(kind, (dict, list)):
             self.value(indent, kind, target)
         elif kind == "null":
+            self.others.add(target)
             self.emit(indent, f"{target} = None")
         elif kind in ("int", "long"):
             self.long(indent, target)
+            return
         elif kind == "string":
             self.string(indent, target)
         elif kind in self.named:  # a record defined earlier in the schema, by name
@@ -130,6 +137,7 @@ class _Source:
             self.array(indent, schema["items"], target)
         else:
             raise Unsupported(str(kind))
+        self.others.add(target)
 
     def string(self, indent: int, target: str) -> None:
         length, end = self.name("n"), self.name("e")
@@ -197,6 +205,11 @@ def reader_source(schema: Any) -> str | None:
     `read`), or None when the schema uses a type this module does not compile. `schema`
     is parsed first (a no-op for a parsed one): names in unions must be the full names
     fastavro returns."""
+    made = _generated(schema)
+    return None if made is None else made[0]
+
+
+def _generated(schema: Any) -> tuple[str, _Source] | None:
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
     schema = fastavro.parse_schema(schema)
@@ -205,7 +218,8 @@ def reader_source(schema: Any) -> str | None:
         source.value(1, schema, "r")
     except Unsupported:
         return None
-    return "def read(b, p):\n    size = len(b)\n" + "\n".join(source.lines) + "\n    return r, p\n"
+    code = "def read(b, p):\n    size = len(b)\n" + "\n".join(source.lines) + "\n    return r, p\n"
+    return code, source
 
 
 # -- decoders compiled ahead of time (pipeline.avro_prebuilt) -----------------------------
@@ -213,12 +227,16 @@ def reader_source(schema: Any) -> str | None:
 _END = re.compile(r"\b(e\d+)\b")  # the end of a string: a position, like p
 
 
-def compiled_source(source: str, key: str) -> str:
+def compiled_source(source: str, key: str, longs: Iterable[str] = ()) -> str:
     """`source` (a `reader_source`) as the build compiles it: named `read_<key>`, with
-    Cython's C types for the message (`bytes`), the positions and the byte just read."""
+    Cython's C types for the message (`bytes`), the positions, the byte just read, the
+    bits of a number being read, and `longs`: the variables that only ever hold a number
+    (64-bit; not a union's, which may hold None)."""
     ends = sorted(set(_END.findall(source)), key=lambda n: int(n[1:]))
     types = ["b=bytes", "p=cython.Py_ssize_t", "size=cython.Py_ssize_t", "x=cython.long"]
+    types += ["w=cython.ulonglong", "s=cython.int"]
     types += [f"{name}=cython.Py_ssize_t" for name in ends]
+    types += [f"{name}=cython.longlong" for name in sorted(longs, key=lambda n: (n[0], int(n[1:])))]
     return compiled_function(source, "read", key, types)
 
 
@@ -228,14 +246,16 @@ def readers_module_source(schemas: Iterable[Any]) -> str:
     lines = ["import cython", "", "FUNCTIONS = {}", ""]
     seen: set[str] = set()
     for schema in schemas:
-        source = reader_source(schema)
-        if source is None:
+        made = _generated(schema)
+        if made is None:
             continue
+        source, names = made
         key = source_key(source)
         if key in seen:
             continue
         seen.add(key)
-        lines += ["", compiled_source(source, key), f"FUNCTIONS[{key!r}] = read_{key}", ""]
+        longs = names.longs - names.others - {"_"}
+        lines += ["", compiled_source(source, key, longs), f"FUNCTIONS[{key!r}] = read_{key}", ""]
     return "\n".join(lines)
 
 
