@@ -422,7 +422,7 @@ def state_from_record(r: dict[str, Any]) -> PersonState:
     )
     first_purchase_day = r["first_purchase_day"]
     if first_purchase_day < 0 <= r["last_purchase_day"]:  # written by v1: best known bound
-        first_purchase_day = min([r["last_purchase_day"], *(b[0] for b in buckets)])
+        first_purchase_day = min([r["last_purchase_day"]] + [b[0] for b in buckets])
     agg = Aggregates(
         first_seen=r["first_seen"],
         last_seen=r["last_seen"],
