@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 # The domain core compiled by Cython (docs/compiled-core.md): rebuilt when its sources change.
-CORE     := rfm lifecycle stages events state engine pii validation codec
+CORE     := rfm lifecycle stages events state engine pii validation codec rows
 COMPILED := pipeline/_compiled_core.json
 
 .PHONY: venv demo test test-quick lint test-faults fmt clean bench chromium interpreted

@@ -20,8 +20,8 @@ from pipeline.identity import forget_person_ids, person_id_for
 from pipeline.ingest import accept
 from pipeline.pii import pseudonymise
 from pipeline.rfm import MS_PER_DAY
+from pipeline.rows import change_row, event_row, state_row
 from pipeline.settings import Settings
-from sinks.rows import change_row, event_row, state_row
 
 
 def _timed(fn: Callable[[], int]) -> tuple[float, int]:

@@ -26,7 +26,9 @@ from types import ModuleType
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # In the order they are built: each .pxd may cimport the ones before it.
-MODULES = ("rfm", "lifecycle", "stages", "events", "state", "engine", "pii", "validation", "codec")
+MODULES = (
+    "rfm", "lifecycle", "stages", "events", "state", "engine", "pii", "validation", "codec", "rows",
+)  # fmt: skip
 SIDECAR = PACKAGE_DIR / "_compiled_core.json"  # module -> digest of what it was built from
 INTERPRETED_ENV = "TOUCHFLOW_INTERPRETED"
 

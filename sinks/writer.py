@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
-from pipeline import metrics
+from pipeline import metrics, rows
 from pipeline.codec import Codecs
 from pipeline.errors import Rejected
 from pipeline.identity import person_id_for
@@ -38,7 +38,7 @@ from pipeline.kafka_security import client_options
 from pipeline.schema_registry import registry_for
 from pipeline.settings import Settings
 from pipeline.state import split_state_key
-from sinks import quantiles, rows, store
+from sinks import quantiles, store
 
 log = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ def test_configured_limits_are_used() -> None:
 
 
 # Personal ids in the payload (referrer, invitee, linked identities) are stored too
-# (sinks/rows.py writes referrer/invitee ids to events.related_id as "keyed hashes").
+# (pipeline/rows.py writes referrer/invitee ids to events.related_id as "keyed hashes").
 RAW_REF = UserRef("openid", RAW_OPENID)
 
 
