@@ -57,7 +57,19 @@ def pseudonymise(id_type: str, value: str, key: bytes) -> str:
 # module is compiled with the core (docs/compiled-core.md), so the call costs no frame.
 _PSEUDONYM = re.compile(re.escape(HASH_PREFIX) + "[0-9a-f]{32}")
 
+# Ids found to be keyed hashes lately: the same customers come back, and a set lookup
+# costs a tenth of the pattern. Bounded: emptied when full (16k ids, about 2 MB).
+_KNOWN: set[str] = set()
+_KNOWN_KEPT = 1 << 14
+
 
 def is_pseudonymised(value: str) -> bool:
     """True for exactly what `pseudonymise` produces: the prefix and 32 lowercase hex digits."""
-    return _PSEUDONYM.fullmatch(value) is not None
+    if value in _KNOWN:
+        return True
+    if _PSEUDONYM.fullmatch(value) is None:
+        return False
+    if len(_KNOWN) >= _KNOWN_KEPT:
+        _KNOWN.clear()
+    _KNOWN.add(value)
+    return True

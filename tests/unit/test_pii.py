@@ -29,6 +29,18 @@ def test_hash_is_the_versioned_prefix_and_32_hex_digits() -> None:
     assert is_pseudonymised(h)
 
 
+def test_hashes_seen_are_remembered_within_a_bound_and_nothing_near_them_passes() -> None:
+    from pipeline import pii
+
+    hashes = [pseudonymise("openid", f"u{i}", KEY) for i in range(pii._KNOWN_KEPT + 10)]
+    for h in hashes:
+        assert is_pseudonymised(h) and is_pseudonymised(h)  # the second from the memo
+    assert 0 < len(pii._KNOWN) <= pii._KNOWN_KEPT
+    for h in hashes[-3:]:
+        for near in (h.upper(), h[:-1], h + "0", h[:-1] + "g", " " + h, h + "\n"):
+            assert not is_pseudonymised(near), near
+
+
 def test_different_keys_give_different_hashes() -> None:
     assert pseudonymise("openid", "oUpF8uMuAJO", KEY) != pseudonymise(
         "openid", "oUpF8uMuAJO", OTHER_KEY
