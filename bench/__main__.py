@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bench import inprocess, workload
+from bench.reference import reference_steps_per_s
 from pipeline.codec import Codecs
 from pipeline.core_loader import core_is_compiled
 from pipeline.rfm import MS_PER_DAY
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         result["state_encoder_prebuilt"] = codecs.state.writers_prebuilt
         build = "compiled" if result["core_compiled"] else "uncompiled (make venv compiles it)"
         print(f"touchflow bench on {result['machine']}; the core {build}", flush=True)
+        # this machine's speed at plain Python, before and after the timed parts
+        result["machine_reference_steps_per_s"] = reference_steps_per_s()
         if not a.memory_only:
             result.update(in_process(a, settings))
             print(
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"ready in {result['memory_ready_seconds']:.0f} s",
                 flush=True,
             )
+    result["machine_reference_end_steps_per_s"] = reference_steps_per_s()
     result["seconds"] = round(time.monotonic() - started, 1)
     result["params"] = {k: v for k, v in vars(a).items() if k != "out"}
     text = json.dumps(result, indent=2, sort_keys=True)

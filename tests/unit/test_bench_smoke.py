@@ -37,7 +37,9 @@ def test_in_process_parts_write_a_result_with_positive_figures(tmp_path: Path) -
     assert main([*argv, "--out", str(tmp_path)]) == 0
     latest = json.loads((tmp_path / "latest.json").read_text())
     assert len(list(tmp_path.glob("2*.json"))) == 1  # the timestamped copy
-    for key in (*IN_PROCESS_KEYS, "core_apply_events_per_s", "memory_bytes_per_state"):
+    figures = (*IN_PROCESS_KEYS, "core_apply_events_per_s", "memory_bytes_per_state")
+    references = ("machine_reference_steps_per_s", "machine_reference_end_steps_per_s")
+    for key in (*figures, *references):
         assert isinstance(latest[key], float) and latest[key] > 0, key
     assert latest["state_bytes_heavy"] > latest["state_bytes_typical"]
     assert "cores" in latest["machine"] and "Python 3.11" in latest["machine"]
@@ -63,3 +65,10 @@ def test_hot_path_encodes_each_state_once_per_write_interval_as_the_worker_does(
     assert encoded(3600.0) == people
     # after every batch: a person written in several batches is encoded in each
     assert encoded(0.0) > encoded(0.0, batch=400) > people
+
+
+def test_the_machine_reference_loop_keeps_a_running_total_per_key() -> None:
+    from bench.reference import reference_loop, reference_steps_per_s
+
+    assert reference_loop(12_000) == 5_000 and reference_loop(3) == 3
+    assert reference_steps_per_s(repeats=1, steps=1_000) > 0
