@@ -148,7 +148,7 @@ class RuleBook:
     """Rules per brand; brands without their own use `default`."""
 
     default: BrandRules = BrandRules()
-    brands: Mapping[str, BrandRules] = field(default_factory=dict)
+    brands: dict[str, BrandRules] = field(default_factory=dict)  # a dict: state.pxd
     version: str = "builtin"
 
     def for_brand(self, brand: str) -> BrandRules:

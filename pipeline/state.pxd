@@ -16,13 +16,15 @@ cdef class Policy:
     cdef readonly RfmPolicy rfm
     cdef readonly AiplPolicy aipl
     cdef readonly LifecyclePolicy lifecycle
-    cdef readonly object rules, brand_rfm
+    cdef readonly object rules
+    cdef readonly dict brand_rfm  # dicts: a lookup per event in C (`Policy` says so too)
     cdef readonly long long dedup_window
     cdef readonly object version
     cdef readonly long long referral_window_days
-    cdef readonly object brand_groups
+    cdef readonly dict brand_groups
     cpdef object groups_of(self, object brand)
     cpdef RfmPolicy rfm_for(self, object brand)
+    @cython.locals(brands=dict)
     cpdef object rules_for(self, object brand)
 
 cdef class Scores:

@@ -20,7 +20,7 @@ days), so `next_due` is the start of the next day on which something may change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,7 +62,8 @@ class Policy:
     aipl: stages.AiplPolicy = field(default_factory=stages.AiplPolicy)
     lifecycle: lc.LifecyclePolicy = field(default_factory=lc.LifecyclePolicy)
     rules: rules.RuleBook = field(default_factory=_no_rules)
-    brand_rfm: Mapping[str, RfmPolicy] = field(default_factory=dict)
+    # dicts, not any mapping: compiled, a brand's lookup is then a C call (state.pxd)
+    brand_rfm: dict[str, RfmPolicy] = field(default_factory=dict)
     dedup_window: int = 16  # recent event ids kept per person to drop repeats
     version: str = "v1"
     # A referred person's first purchase within this many days of joining converts them:
@@ -70,7 +71,7 @@ class Policy:
     referral_window_days: int = 30
     # brand -> the brand groups it belongs to; a group keeps its own (brand = group
     # name) state of every person across its brands: the cross-brand view.
-    brand_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    brand_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dedup_window < 1:
@@ -86,7 +87,8 @@ class Policy:
         """`self.rules.for_brand(brand)`, here: compiled, it saves a call into rules.py's
         Python (~80 ns), and the core asks up to three times per event."""
         book = self.rules
-        return book.brands.get(brand, book.default)
+        brands = book.brands  # a dict (RuleBook): compiled, the lookup is a C call
+        return brands.get(brand, book.default)
 
 
 @fast_init
