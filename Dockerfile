@@ -76,7 +76,8 @@ EXPOSE 6066 9108
 # or if the core it runs (or the Avro coders) is not the compiled one.
 RUN python -c "import pipeline.codec as c; assert (c.SCHEMAS_DIR / 'registry.json').is_file(), c.SCHEMAS_DIR" \
     && python -c "from pipeline.core_loader import core_is_compiled as c; assert c(), 'core not compiled'" \
-    && python -c "from pipeline.codec import Codecs as C; c = C(); assert c.events.reader_prebuilt and c.state.writers_prebuilt, 'Avro coders not compiled'"
+    && python -c "from pipeline.codec import Codecs as C; c = C(); assert c.events.reader_prebuilt and c.state.writers_prebuilt, 'Avro coders not compiled'" \
+    && python -c "from pipeline.rules import compile_rules as r; assert type(r(None).default.compiled).__name__ != 'function', 'rules not compiled'"
 
 ENTRYPOINT ["touchflow"]
 CMD ["--help"]

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-$(COMPILED): $(STAMP) pipeline/compiled_core.py pipeline/core_loader.py pipeline/avro_prebuilt.py pipeline/avro_reader.py pipeline/avro_writer.py pipeline/codec.py $(wildcard schemas/*) $(foreach m,$(CORE),pipeline/$(m).py pipeline/$(m).pxd)
+$(COMPILED): $(STAMP) pipeline/compiled_core.py pipeline/core_loader.py pipeline/avro_prebuilt.py pipeline/rules.py pipeline/avro_reader.py pipeline/avro_writer.py pipeline/codec.py $(wildcard schemas/*) $(foreach m,$(CORE),pipeline/$(m).py pipeline/$(m).pxd)
 	$(BIN)/python -m pipeline.compiled_core
 
 venv: $(STAMP) $(COMPILED)

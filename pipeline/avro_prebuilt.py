@@ -7,7 +7,9 @@ source they generate for the registered schemas, with Cython and a few C types d
 `pipeline._avro_readers` and `pipeline._avro_writers`: ~2x faster (docs/compiled-core.md).
 Each function there is found by a digest of the exact source it was compiled from
 (`source_key`), so one built from other schemas, or by another version of the
-generators, is simply never used: the generated source is run instead.
+generators, is simply never used: the generated source is run instead. The rules'
+evaluators (`pipeline.rules`, generated from the rules a deployment configures) are
+compiled and found the same way, in `pipeline._rule_evaluators`.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def source_key(source: str) -> str:
 
 
 def prebuilt(module: str) -> Mapping[str, Callable[..., Any]]:
-    """The functions `module` (READERS_MODULE or WRITERS_MODULE) holds, by `source_key`:
-    none without a build, or with `TOUCHFLOW_INTERPRETED=1` (which also runs the core
-    uncompiled)."""
+    """The functions `module` (READERS_MODULE, WRITERS_MODULE or rules.RULES_MODULE) holds,
+    by their key: none without a build, or with `TOUCHFLOW_INTERPRETED=1` (which also runs
+    the core uncompiled)."""
     if os.environ.get(INTERPRETED_ENV, "") not in ("", "0"):
         return {}
     try:

@@ -16,7 +16,8 @@ each module with those taken off the classes its `.pxd` declares (`as_extension_
 It also compiles `pipeline._avro_readers` and `pipeline._avro_writers`: the Avro decoders
 and encoders the codecs use, as `pipeline.avro_reader` and `avro_writer` generate them (no
 `.py` of them is kept; each is found by a digest of its source, so a stale one is never
-used: `pipeline.avro_prebuilt`).
+used: `pipeline.avro_prebuilt`), and `pipeline._rule_evaluators`: the evaluators of the
+built-in rules and of the rules this environment's settings name (`pipeline.rules`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pipeline.avro_prebuilt import READERS_MODULE, WRITERS_MODULE
 from pipeline.avro_reader import readers_module_source
 from pipeline.avro_writer import ObjectLayout, writers_module_source
 from pipeline.core_loader import MODULES, PACKAGE_DIR, SIDECAR, extension_path, source_digest
+from pipeline.rules import RULES_MODULE, evaluators_module_source
 
 _DIRECTIVES = {
     "language_level": 3,
@@ -48,6 +50,8 @@ _DIRECTIVES = {
 
 # The Avro decoders and encoders of the codecs, compiled ahead of time (avro_prebuilt).
 AVRO_MODULES = (READERS_MODULE, WRITERS_MODULE)
+# With the rules' evaluators: the modules of functions found by a digest of their source.
+PREBUILT_MODULES = (*AVRO_MODULES, RULES_MODULE)
 
 
 def registered_schemas() -> list[Any]:
@@ -72,6 +76,21 @@ def registered_writers() -> list[tuple[Any, ObjectLayout | None]]:
         (changes, CHANGE_LAYOUT),
         (state, STATE_LAYOUT),
     ]
+
+
+def registered_rule_sources() -> list[Any]:
+    """The evaluators of the built-in rules, and of the rules this environment's settings
+    name (TOUCHFLOW_RULES or TOUCHFLOW_RULES_FILE, read as a worker reads them): build
+    where the deployment's settings are, and its own rules run compiled too."""
+    from pipeline.rules import compile_rules
+    from pipeline.settings import Settings
+
+    books = [compile_rules(None)]
+    try:
+        books.append(Settings().policy().rules)
+    except (ValueError, OSError) as exc:  # settings a worker would refuse: not the build's
+        print(f"touchflow: the built-in rules only ({exc})", file=sys.stderr)
+    return [b.source for book in books for b in (book.default, *book.brands.values()) if b.source]
 
 
 # -- the build ------------------------------------------------------------------------------
@@ -126,8 +145,11 @@ def build(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> list[Path
             digests[m] = source_digest(m, package_dir)
         (staged / f"{READERS_MODULE}.py").write_text(readers_module_source(registered_schemas()))
         (staged / f"{WRITERS_MODULE}.py").write_text(writers_module_source(registered_writers()))
+        rule_sources = registered_rule_sources()
+        (staged / f"{RULES_MODULE}.py").write_text(evaluators_module_source(rule_sources))
         extensions = [
-            Extension(f"pipeline.{m}", [str(staged / f"{m}.py")]) for m in (*MODULES, *AVRO_MODULES)
+            Extension(f"pipeline.{m}", [str(staged / f"{m}.py")])
+            for m in (*MODULES, *PREBUILT_MODULES)
         ]
         said = io.StringIO()  # Cython's warnings on its own generated code: shown on failure
         try:
@@ -149,7 +171,7 @@ def build(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> list[Path
         cmd.parallel = os.cpu_count() or 1
         dist.run_command("build_ext")
         built = []
-        for m in (*MODULES, *AVRO_MODULES):
+        for m in (*MODULES, *PREBUILT_MODULES):
             old = extension_path(m, package_dir)
             if old is not None:
                 old.unlink()
@@ -163,7 +185,7 @@ def build(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> list[Path
 
 def remove(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> None:
     """Take the compiled extensions away (back to the `.py` modules)."""
-    for m in (*MODULES, *AVRO_MODULES):
+    for m in (*MODULES, *PREBUILT_MODULES):
         path = extension_path(m, package_dir)
         if path is not None:
             path.unlink()

@@ -22,14 +22,18 @@ start-up and names the exact place of any mistake.
 
 from __future__ import annotations
 
+import ast
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pipeline.avro_prebuilt import compiled_function, prebuilt, source_key
 
 Facts = Mapping[str, Any]
 Predicate = Callable[[Facts], bool]
 Evaluator = Callable[[Facts], tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]
+EvaluatorSource = tuple[str, tuple[Any, ...]]  # (code of `evaluate`, its constants c0, c1, ...)
 
 # The facts a rule may use, and the Python types their values have (None = no value,
 # e.g. days_since_last_purchase of someone who never purchased: every comparison fails).
@@ -105,6 +109,8 @@ class BrandRules:
     facts_used: frozenset[str] | None = None
     # The same evaluation as one generated function (`compile_brand_rules`), when known.
     compiled: Evaluator | None = field(default=None, repr=False, compare=False)
+    # Its source and constants: what the build compiles (`evaluators_module_source`).
+    source: EvaluatorSource | None = field(default=None, repr=False, compare=False)
     # `tags` sorted by name once, so `evaluate` needs no sort per call
     _tags_by_name: tuple[Tag, ...] = field(init=False, repr=False, compare=False)
 
@@ -268,9 +274,25 @@ def _source(cond: Any, consts: list[Any], reads: dict[str, str]) -> str:
 
 def _generate(
     tags: list[tuple[str, Any]], layers: list[tuple[str, list[tuple[str, Any]]]]
-) -> Evaluator:
+) -> tuple[Evaluator, EvaluatorSource]:
     """One function evaluating (tag name, condition) and (layer, [(level, condition or
-    None: always)]) as `BrandRules.evaluate_each` does."""
+    None: always)]) as `BrandRules.evaluate_each` does, and its source: compiled ahead of
+    time when the build has it (`evaluators_module_source`), else run with `exec`."""
+    source = evaluator_source(tags, layers)
+    code, consts = source
+    built = prebuilt(RULES_MODULE).get(evaluator_key(source))
+    if built is not None:
+        return built, source
+    namespace: dict[str, Any] = {f"c{i}": v for i, v in enumerate(consts)}
+    exec(code, namespace)
+    evaluate: Evaluator = namespace["evaluate"]
+    return evaluate, source
+
+
+def evaluator_source(
+    tags: list[tuple[str, Any]], layers: list[tuple[str, list[tuple[str, Any]]]]
+) -> EvaluatorSource:
+    """(the source of `def evaluate(facts)`, the constants c0, c1, ... it reads)."""
     consts: list[Any] = []
     reads: dict[str, str] = {}
 
@@ -288,12 +310,49 @@ def _generate(
             body.append(f"    {'if' if i == 0 else 'elif'} {test}:")
             body.append(f"        layers.append({const((layer, level))})")
     body.append("    return tuple(tags), tuple(layers)")
-    head = ["def evaluate(facts):", "    get = facts.get"]
-    head += [f"    {var} = get({fact!r})" for fact, var in reads.items()]
-    namespace: dict[str, Any] = {f"c{i}": v for i, v in enumerate(consts)}
-    exec("\n".join([*head, *body]) + "\n", namespace)
-    evaluate: Evaluator = namespace["evaluate"]
-    return evaluate
+    head = ["def evaluate(facts):"]
+    head += [f"    {var} = facts.get({fact!r})" for fact, var in reads.items()]
+    return "\n".join([*head, *body]) + "\n", tuple(consts)
+
+
+# -- evaluators compiled ahead of time (pipeline.avro_prebuilt) ------------------------------
+
+RULES_MODULE = "_rule_evaluators"
+
+
+def evaluator_key(source: EvaluatorSource) -> str:
+    """The digest an evaluator is found by: its code and its constants (rules that differ
+    only in a threshold share the code)."""
+    code, consts = source
+    return source_key(f"{code}# {consts!r}\n")
+
+
+def evaluators_module_source(sources: Iterable[EvaluatorSource]) -> str:
+    """The module `pipeline._rule_evaluators` is compiled from: each evaluator of
+    `sources` whose constants are literals, with them as its arguments' defaults (C
+    locals, compiled) and `facts` a dict, in FUNCTIONS by `evaluator_key`."""
+    lines = ["import cython", "", "FUNCTIONS = {}", ""]
+    seen: set[str] = set()
+    for source in sources:
+        code, consts = source
+        key = evaluator_key(source)
+        if key in seen or not all(_is_literal(c) for c in consts):
+            continue
+        seen.add(key)
+        defaults = "".join(f", c{i}={c!r}" for i, c in enumerate(consts))
+        code = code.replace("def evaluate(facts):", f"def evaluate(facts{defaults}):", 1)
+        lines += ["", compiled_function(code, "evaluate", key, ["facts=dict"])]
+        lines += [f"FUNCTIONS[{key!r}] = evaluate_{key}", ""]
+    return "\n".join(lines)
+
+
+def _is_literal(value: Any) -> bool:
+    """A value its repr gives back exactly (numbers, strings, booleans, tuples of them)."""
+    try:
+        back = ast.literal_eval(repr(value))
+    except (ValueError, SyntaxError):
+        return False
+    return type(back) is type(value) and back == value
 
 
 def _name(item: Any, where: str) -> str:
@@ -346,12 +405,14 @@ def compile_brand_rules(spec: Mapping[str, Any], where: str) -> BrandRules:
             level_conds.append((level, cond))
         layers.append(Layer(name, tuple(levels)))
         layer_conds.append((name, level_conds))
+    compiled, source = _generate(tag_conds, layer_conds)
     return BrandRules(
         tags=tuple(tags),
         layers=tuple(layers),
         day_thresholds={k: frozenset(v) for k, v in reads.days.items()},
         facts_used=frozenset(reads.facts),
-        compiled=_generate(tag_conds, layer_conds),
+        compiled=compiled,
+        source=source,
     )
 
 

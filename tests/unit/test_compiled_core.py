@@ -245,11 +245,11 @@ def test_every_class_a_pxd_declares_is_in_its_module(module: str) -> None:
 
 
 def test_remove_takes_away_every_extension_the_build_makes(tmp_path: Path) -> None:
-    from pipeline.compiled_core import AVRO_MODULES, remove
+    from pipeline.compiled_core import PREBUILT_MODULES, remove
 
     sidecar = _fake_package(tmp_path)
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    for m in AVRO_MODULES:
+    for m in PREBUILT_MODULES:
         (tmp_path / f"{m}{suffix}").write_bytes(b"")
     remove(tmp_path, sidecar)
     assert not list(tmp_path.glob(f"*{suffix}")) and not sidecar.exists()

@@ -215,3 +215,81 @@ def test_the_generated_evaluation_agrees_with_each_condition_s_predicate(
         rules = compile_rules(spec).default
         assert rules.compiled is not None
         assert rules.compiled(facts) == rules.evaluate_each(facts)
+
+
+# -- evaluators compiled ahead of time ------------------------------------------------------
+
+
+def _built_module(specs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The module the build compiles for `specs`, run as plain Python (Cython's decorators
+    are no-ops there)."""
+    pytest.importorskip("cython")  # the dev extra has it; the build needs it anyway
+    from pipeline.rules import evaluators_module_source
+
+    sources = [compile_rules(spec).default.source for spec in specs]
+    module: dict[str, Any] = {}
+    exec(compile(evaluators_module_source(sources), "<rules>", "exec"), module)
+    return module
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts=_FACTS)
+def test_the_module_the_build_compiles_evaluates_as_the_source_does(
+    facts: dict[str, Any],
+) -> None:
+    from pipeline.rules import evaluator_key
+
+    specs = [EVERY_FORM_RULES, KOC_RULES, DEFAULT_RULES, DEFAULT_RULES]  # the same: built once
+    module = _built_module(specs)
+    assert len(module["FUNCTIONS"]) == 3
+    for spec in specs:
+        rules = compile_rules(spec).default
+        assert rules.source is not None
+        built = module["FUNCTIONS"][evaluator_key(rules.source)]
+        assert built(facts) == rules.evaluate_each(facts)
+
+
+def test_rules_differing_only_in_a_threshold_are_different_evaluators() -> None:
+    from pipeline.rules import evaluator_key
+
+    lower = {"default": {"tags": [{"name": "big", "when": {"m": {"gte": 3}}}]}}
+    higher = {"default": {"tags": [{"name": "big", "when": {"m": {"gte": 4}}}]}}
+    a, b = compile_rules(lower).default, compile_rules(higher).default
+    assert a.source is not None and b.source is not None
+    assert a.source[0] == b.source[0] and evaluator_key(a.source) != evaluator_key(b.source)
+    assert a.evaluate({"m": 3}) == (("big",), ()) and b.evaluate({"m": 3}) == ((), ())
+    module = _built_module([lower])
+    assert list(module["FUNCTIONS"]) == [evaluator_key(a.source)]
+
+
+def test_an_evaluator_whose_constants_are_not_literals_is_left_to_its_source() -> None:
+    pytest.importorskip("cython")
+    from pipeline.rules import evaluators_module_source
+
+    code = "def evaluate(facts):\n    return (c0,), ()\n"
+    module: dict[str, Any] = {}
+    exec(evaluators_module_source([(code, (object(),))]), module)
+    assert module["FUNCTIONS"] == {}
+
+
+def test_the_built_in_rules_run_compiled_ahead_of_time() -> None:
+    from pipeline.avro_prebuilt import prebuilt
+    from pipeline.rules import RULES_MODULE, evaluator_key
+
+    built = prebuilt(RULES_MODULE)
+    if not built:
+        pytest.skip("no build of the evaluators here (make venv builds it), or interpreted")
+    rules = compile_rules(None).default
+    assert rules.source is not None and rules.compiled is built[evaluator_key(rules.source)]
+    assert type(rules.compiled).__name__ != "function"  # not the exec'd source
+    unseen = compile_rules({"default": {"tags": [{"name": "x", "when": {"m": {"gte": 5}}}]}})
+    assert type(unseen.default.compiled).__name__ == "function"  # not in the build: its source
+
+
+def test_without_a_build_the_evaluators_run_their_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.avro_prebuilt import prebuilt
+    from pipeline.rules import RULES_MODULE
+
+    monkeypatch.setenv("TOUCHFLOW_INTERPRETED", "1")
+    assert prebuilt(RULES_MODULE) == {}
+    assert type(compile_rules(None).default.compiled).__name__ == "function"
