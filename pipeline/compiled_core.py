@@ -48,10 +48,9 @@ _DIRECTIVES = {
 }
 
 
-# The Avro decoders and encoders of the codecs, compiled ahead of time (avro_prebuilt).
-AVRO_MODULES = (READERS_MODULE, WRITERS_MODULE)
-# With the rules' evaluators: the modules of functions found by a digest of their source.
-PREBUILT_MODULES = (*AVRO_MODULES, RULES_MODULE)
+# The modules of functions found by a digest of their source (avro_prebuilt): the Avro
+# decoders and encoders of the codecs, and the rules' evaluators.
+PREBUILT_MODULES = (READERS_MODULE, WRITERS_MODULE, RULES_MODULE)
 
 
 def registered_schemas() -> list[Any]:
