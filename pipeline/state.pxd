@@ -59,37 +59,31 @@ cdef class SegmentChange:
     cdef readonly Scores scores_before, scores_after
     cdef readonly object policy_version
 
-cpdef Aggregates _replaced(
-    Aggregates a,
-    object first_seen,
-    object last_seen,
-    object engagements,
-    object shares,
-    object invitations,
-    object lifetime_orders,
-    object lifetime_amount_minor,
-    object first_purchase_day,
-    object last_purchase_day,
-    object previous_purchase_day,
-    object buckets,
-    object recent_orders,
-    object pending_refunds,
-    object last_join,
-    object last_leave,
-    object acquired_at,
-    object acquisition_channel,
-    object acquisition_source,
-    object referred_by,
-    object referred_at,
-    object converted_invitees)
+# An effect's draft (`n`) is typed: its fields are then set in C (state.py, `_draft`).
+@cython.locals(n=Aggregates)
+cpdef Aggregates _draft(Aggregates a)
+cpdef Aggregates _sealed(Aggregates d)
 cpdef object _subscribed(Aggregates a)
+@cython.locals(n=Aggregates)
+cpdef Aggregates _add_order(Aggregates a, object order_id, long long t, long long amount)
+@cython.locals(n=Aggregates)
 cpdef Aggregates _take_refund(Aggregates a, object order_id, object amount)
+@cython.locals(n=Aggregates)
+cpdef Aggregates _with_pending_refund(Aggregates a, object order_id, object amount)
+@cython.locals(n=Aggregates)
+cpdef Aggregates _on_purchase(Aggregates a, Touchpoint e)
 cpdef Aggregates _on_refund(Aggregates a, Touchpoint e)
+@cython.locals(n=Aggregates)
 cpdef Aggregates _on_chat(Aggregates a, Touchpoint e)
+@cython.locals(n=Aggregates)
 cpdef Aggregates _on_share(Aggregates a, Touchpoint e)
+@cython.locals(n=Aggregates)
 cpdef Aggregates _on_join(Aggregates a, Touchpoint e)
+@cython.locals(n=Aggregates)
 cpdef Aggregates _on_leave(Aggregates a, Touchpoint e)
+@cython.locals(n=Aggregates)
 cpdef Aggregates _on_other(Aggregates a, Touchpoint e)
+cpdef Aggregates _effect(Aggregates a, Touchpoint e)
 cpdef dict facts(Aggregates a, Scores scores, object segment, object stage, object life, object today, object window)
 cpdef Derived derive(Aggregates a, object brand, object now, Policy policy, Derived scored=*, object changed=*)
 cpdef bint _same_scoring_inputs(Aggregates a, Aggregates b)
@@ -98,7 +92,7 @@ cpdef object _rule_of(object dim, Derived d, Aggregates a, object brand, Policy 
 cpdef object next_due(PersonState s, object brand, Policy policy)
 cpdef object compute_due(Aggregates a, object as_of, object brand, Policy policy)
 cpdef list _changes(Derived before, Derived after, Aggregates agg, object brand, object person_id, object cause, object at, object seq, Policy policy)
-@cython.locals(derived=Derived, new=PersonState)
+@cython.locals(derived=Derived, new=PersonState, n=Aggregates)
 cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object person_id, object cause, object at, Policy policy, object last_offset=*, object recent=*, object same_policy=*, object sources=*)
 cpdef bint _holds_at(PersonState s, object now)
 cpdef tuple advance(PersonState state, object brand, object person_id, object now, Policy policy)
@@ -108,3 +102,5 @@ cpdef tuple apply_new(PersonState state, Touchpoint event, object person_id, Pol
 cpdef object state_key(object brand, object person_id)
 cpdef tuple split_state_key(object key)
 cpdef object referral_conversion(PersonState before, PersonState after, Touchpoint event, Policy policy)
+@cython.locals(n=Aggregates)
+cpdef tuple apply_referral(PersonState state, object brand, object person_id, object invitee, object at, Policy policy)

@@ -20,9 +20,14 @@ days), so `next_due` is the start of the next day on which something may change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
+
+try:
+    import cython
+except ImportError:  # not installed (a runtime without the build's tools): plain Python
+    from pipeline import _no_cython as cython
 
 from pipeline import lifecycle as lc
 from pipeline import rfm, rules, stages
@@ -231,114 +236,143 @@ class SegmentChange:
     policy_version: str = ""
 
 
-# -- events -> aggregates (table-driven: one function per event type) ---------------------
+# -- events -> aggregates (one function per event type) -------------------------------------
+#
+# An event's effect makes one new Aggregates: it takes a draft of the person's (`_draft`),
+# sets what the event moved, and seals it (`_sealed`). Compiled, the draft is the new
+# Aggregates itself, its C fields copied and set in C (no keyword call, no int boxed);
+# uncompiled, it is a mutable `_Draft` the seal turns into an Aggregates.
 
-_KEEP: Any = object()  # "this field keeps its value" in `_with`
 
+class _Draft:
+    """The uncompiled build's draft of a new Aggregates: the same fields, settable. Every
+    field, in order (tests/unit/test_state.py checks it)."""
 
-def _with(
-    a: Aggregates,
-    *,
-    first_seen: Any = _KEEP,
-    last_seen: Any = _KEEP,
-    engagements: Any = _KEEP,
-    shares: Any = _KEEP,
-    invitations: Any = _KEEP,
-    lifetime_orders: Any = _KEEP,
-    lifetime_amount_minor: Any = _KEEP,
-    first_purchase_day: Any = _KEEP,
-    last_purchase_day: Any = _KEEP,
-    previous_purchase_day: Any = _KEEP,
-    buckets: Any = _KEEP,
-    recent_orders: Any = _KEEP,
-    pending_refunds: Any = _KEEP,
-    last_join: Any = _KEEP,
-    last_leave: Any = _KEEP,
-    acquired_at: Any = _KEEP,
-    acquisition_channel: Any = _KEEP,
-    acquisition_source: Any = _KEEP,
-    referred_by: Any = _KEEP,
-    referred_at: Any = _KEEP,
-    converted_invitees: Any = _KEEP,
-) -> Aggregates:
-    """`dataclasses.replace(a, ...)` for Aggregates, written out: replace walks the fields
-    on every call (about half of each new Aggregates, two per event, in the core
-    benchmark), and a function generated with `exec` would stay interpreted in the
-    compiled core. Every field, in order (tests/unit/test_state.py checks it)."""
-    return _replaced(
-        a,
-        first_seen,
-        last_seen,
-        engagements,
-        shares,
-        invitations,
-        lifetime_orders,
-        lifetime_amount_minor,
-        first_purchase_day,
-        last_purchase_day,
-        previous_purchase_day,
-        buckets,
-        recent_orders,
-        pending_refunds,
-        last_join,
-        last_leave,
-        acquired_at,
-        acquisition_channel,
-        acquisition_source,
-        referred_by,
-        referred_at,
-        converted_invitees,
+    __slots__ = (  # noqa: RUF023 - in field order
+        "first_seen",
+        "last_seen",
+        "engagements",
+        "shares",
+        "invitations",
+        "lifetime_orders",
+        "lifetime_amount_minor",
+        "first_purchase_day",
+        "last_purchase_day",
+        "previous_purchase_day",
+        "buckets",
+        "recent_orders",
+        "pending_refunds",
+        "last_join",
+        "last_leave",
+        "acquired_at",
+        "acquisition_channel",
+        "acquisition_source",
+        "referred_by",
+        "referred_at",
+        "converted_invitees",
     )
 
+    first_seen: int
+    last_seen: int
+    engagements: int
+    shares: int
+    invitations: int
+    lifetime_orders: int
+    lifetime_amount_minor: int
+    first_purchase_day: int
+    last_purchase_day: int
+    previous_purchase_day: int
+    buckets: tuple[rfm.Bucket, ...]
+    recent_orders: tuple[OrderRef, ...]
+    pending_refunds: tuple[PendingRefund, ...]
+    last_join: int
+    last_leave: int
+    acquired_at: int
+    acquisition_channel: str | None
+    acquisition_source: str | None
+    referred_by: str | None
+    referred_at: int
+    converted_invitees: int
 
-def _replaced(
-    a: Aggregates,
-    first_seen: Any,
-    last_seen: Any,
-    engagements: Any,
-    shares: Any,
-    invitations: Any,
-    lifetime_orders: Any,
-    lifetime_amount_minor: Any,
-    first_purchase_day: Any,
-    last_purchase_day: Any,
-    previous_purchase_day: Any,
-    buckets: Any,
-    recent_orders: Any,
-    pending_refunds: Any,
-    last_join: Any,
-    last_leave: Any,
-    acquired_at: Any,
-    acquisition_channel: Any,
-    acquisition_source: Any,
-    referred_by: Any,
-    referred_at: Any,
-    converted_invitees: Any,
-) -> Aggregates:
-    """`_with`'s body, positional: compiled, a function with keyword-only parameters
-    cannot be declared with C types, this one can (state.pxd)."""
+    def __init__(self, a: Aggregates) -> None:
+        self.first_seen = a.first_seen
+        self.last_seen = a.last_seen
+        self.engagements = a.engagements
+        self.shares = a.shares
+        self.invitations = a.invitations
+        self.lifetime_orders = a.lifetime_orders
+        self.lifetime_amount_minor = a.lifetime_amount_minor
+        self.first_purchase_day = a.first_purchase_day
+        self.last_purchase_day = a.last_purchase_day
+        self.previous_purchase_day = a.previous_purchase_day
+        self.buckets = a.buckets
+        self.recent_orders = a.recent_orders
+        self.pending_refunds = a.pending_refunds
+        self.last_join = a.last_join
+        self.last_leave = a.last_leave
+        self.acquired_at = a.acquired_at
+        self.acquisition_channel = a.acquisition_channel
+        self.acquisition_source = a.acquisition_source
+        self.referred_by = a.referred_by
+        self.referred_at = a.referred_at
+        self.converted_invitees = a.converted_invitees
+
+
+def _draft(a: Aggregates) -> _Draft:
+    """A new, not yet shared copy of `a` for an effect to set fields of; `_sealed` ends it."""
+    if cython.compiled:  # mypy reads only the uncompiled branch (pyproject: always_false)
+        n = Aggregates.__new__(Aggregates)  # no __init__: every field is set below
+        n.first_seen = a.first_seen
+        n.last_seen = a.last_seen
+        n.engagements = a.engagements
+        n.shares = a.shares
+        n.invitations = a.invitations
+        n.lifetime_orders = a.lifetime_orders
+        n.lifetime_amount_minor = a.lifetime_amount_minor
+        n.first_purchase_day = a.first_purchase_day
+        n.last_purchase_day = a.last_purchase_day
+        n.previous_purchase_day = a.previous_purchase_day
+        n.buckets = a.buckets
+        n.recent_orders = a.recent_orders
+        n.pending_refunds = a.pending_refunds
+        n.last_join = a.last_join
+        n.last_leave = a.last_leave
+        n.acquired_at = a.acquired_at
+        n.acquisition_channel = a.acquisition_channel
+        n.acquisition_source = a.acquisition_source
+        n.referred_by = a.referred_by
+        n.referred_at = a.referred_at
+        n.converted_invitees = a.converted_invitees
+        return n
+    return _Draft(a)
+
+
+def _sealed(d: _Draft) -> Aggregates:
+    """The Aggregates a draft became (compiled: the draft itself, never changed again)."""
+    if cython.compiled:
+        return d
     return Aggregates(
-        a.first_seen if first_seen is _KEEP else first_seen,
-        a.last_seen if last_seen is _KEEP else last_seen,
-        a.engagements if engagements is _KEEP else engagements,
-        a.shares if shares is _KEEP else shares,
-        a.invitations if invitations is _KEEP else invitations,
-        a.lifetime_orders if lifetime_orders is _KEEP else lifetime_orders,
-        a.lifetime_amount_minor if lifetime_amount_minor is _KEEP else lifetime_amount_minor,
-        a.first_purchase_day if first_purchase_day is _KEEP else first_purchase_day,
-        a.last_purchase_day if last_purchase_day is _KEEP else last_purchase_day,
-        a.previous_purchase_day if previous_purchase_day is _KEEP else previous_purchase_day,
-        a.buckets if buckets is _KEEP else buckets,
-        a.recent_orders if recent_orders is _KEEP else recent_orders,
-        a.pending_refunds if pending_refunds is _KEEP else pending_refunds,
-        a.last_join if last_join is _KEEP else last_join,
-        a.last_leave if last_leave is _KEEP else last_leave,
-        a.acquired_at if acquired_at is _KEEP else acquired_at,
-        a.acquisition_channel if acquisition_channel is _KEEP else acquisition_channel,
-        a.acquisition_source if acquisition_source is _KEEP else acquisition_source,
-        a.referred_by if referred_by is _KEEP else referred_by,
-        a.referred_at if referred_at is _KEEP else referred_at,
-        a.converted_invitees if converted_invitees is _KEEP else converted_invitees,
+        d.first_seen,
+        d.last_seen,
+        d.engagements,
+        d.shares,
+        d.invitations,
+        d.lifetime_orders,
+        d.lifetime_amount_minor,
+        d.first_purchase_day,
+        d.last_purchase_day,
+        d.previous_purchase_day,
+        d.buckets,
+        d.recent_orders,
+        d.pending_refunds,
+        d.last_join,
+        d.last_leave,
+        d.acquired_at,
+        d.acquisition_channel,
+        d.acquisition_source,
+        d.referred_by,
+        d.referred_at,
+        d.converted_invitees,
     )
 
 
@@ -347,9 +381,11 @@ def _top_two_days(days: set[int]) -> tuple[int, int]:
     return (ordered[0] if ordered else -1, ordered[1] if len(ordered) > 1 else -1)
 
 
-# Every effect sets the first/last-seen times (event time `t` taken in) in the same `_with`
-# as its own fields: one new Aggregates per event. Spelled out in each, by keyword: compiled,
-# a `**dict` argument builds and merges a dict per call, keywords do not.
+# Every effect sets the first/last-seen times (event time `t` taken in) in the same draft
+# as its own fields: one new Aggregates per event.
+
+
+_BY_DAY_AND_ID = itemgetter(1, 0)  # an OrderRef's (day, order_id)
 
 
 def _add_order(a: Aggregates, order_id: str, t: int, amount: int) -> Aggregates:
@@ -365,19 +401,18 @@ def _add_order(a: Aggregates, order_id: str, t: int, amount: int) -> Aggregates:
     if not recent or (recent[-1][1], recent[-1][0]) <= (day, order_id):
         orders = (*recent, (order_id, day, amount))
     else:
-        orders = tuple(sorted((*recent, (order_id, day, amount)), key=lambda o: (o[1], o[0])))
-    return _with(
-        a,
-        lifetime_orders=a.lifetime_orders + 1,
-        lifetime_amount_minor=a.lifetime_amount_minor + amount,
-        first_purchase_day=day if a.first_purchase_day < 0 else min(a.first_purchase_day, day),
-        last_purchase_day=last,
-        previous_purchase_day=previous,
-        buckets=rfm.add_purchase(a.buckets, day, 1, amount),
-        recent_orders=orders[-RECENT_ORDERS_KEPT:],
-        first_seen=min(a.first_seen, t),
-        last_seen=max(a.last_seen, t),
-    )
+        orders = tuple(sorted((*recent, (order_id, day, amount)), key=_BY_DAY_AND_ID))
+    n = _draft(a)
+    n.lifetime_orders = a.lifetime_orders + 1
+    n.lifetime_amount_minor = a.lifetime_amount_minor + amount
+    n.first_purchase_day = day if a.first_purchase_day < 0 else min(a.first_purchase_day, day)
+    n.last_purchase_day = last
+    n.previous_purchase_day = previous
+    n.buckets = rfm.add_purchase(a.buckets, day, 1, amount)
+    n.recent_orders = orders[-RECENT_ORDERS_KEPT:]
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    return _sealed(n)
 
 
 def _take_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates | None:
@@ -389,24 +424,19 @@ def _take_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates | None
         whole = refunded >= paid
         remaining = () if whole else ((oid, day, paid - refunded),)
         orders = (*a.recent_orders[:i], *remaining, *a.recent_orders[i + 1 :])
-        a = _with(
-            a,
-            lifetime_orders=a.lifetime_orders - (1 if whole else 0),
-            lifetime_amount_minor=a.lifetime_amount_minor - refunded,
-            buckets=rfm.add_purchase(a.buckets, day, -1 if whole else 0, -refunded),
-            recent_orders=orders,
-        )
+        n = _draft(a)
+        n.lifetime_orders = a.lifetime_orders - (1 if whole else 0)
+        n.lifetime_amount_minor = a.lifetime_amount_minor - refunded
+        n.buckets = rfm.add_purchase(a.buckets, day, -1 if whole else 0, -refunded)
+        n.recent_orders = orders
         if whole:  # the order no longer counts: purchase days come from what is left
-            days = {d for _, d, _ in orders} | {d for d, n, _ in a.buckets if n > 0}
-            if a.lifetime_orders > len(orders):  # older orders exist beyond those kept
+            days = {d for _, d, _ in orders} | {d for d, k, _ in n.buckets if k > 0}
+            if n.lifetime_orders > len(orders):  # older orders exist beyond those kept
                 days |= {a.previous_purchase_day} - {-1}
             last, previous = _top_two_days(days)
-            a = _with(
-                a,
-                last_purchase_day=last if a.lifetime_orders > 0 else -1,
-                previous_purchase_day=previous if a.lifetime_orders > 0 else -1,
-            )
-        return a
+            n.last_purchase_day = last if n.lifetime_orders > 0 else -1
+            n.previous_purchase_day = previous if n.lifetime_orders > 0 else -1
+        return _sealed(n)
     return None
 
 
@@ -416,8 +446,9 @@ def _on_purchase(a: Aggregates, e: Touchpoint) -> Aggregates:
     a = _add_order(a, p.order_id, e.occurred_at, p.amount_minor)
     early = [amount for oid, amount in a.pending_refunds if oid == p.order_id]
     if early:  # refunds that arrived before their order
-        waiting = tuple(r for r in a.pending_refunds if r[0] != p.order_id)
-        a = _with(a, pending_refunds=waiting)
+        n = _draft(a)
+        n.pending_refunds = tuple([r for r in a.pending_refunds if r[0] != p.order_id])
+        a = _sealed(n)
         for amount in early:
             a = _take_refund(a, p.order_id, amount) or a
     return a
@@ -430,8 +461,14 @@ def _on_refund(a: Aggregates, e: Touchpoint) -> Aggregates:
     refunded = _take_refund(a, p.order_id, p.amount_minor)
     if refunded is not None:
         return refunded
-    waiting = (*a.pending_refunds, (p.order_id, p.amount_minor))
-    return _with(a, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
+    return _with_pending_refund(a, p.order_id, p.amount_minor)
+
+
+def _with_pending_refund(a: Aggregates, order_id: str, amount: int) -> Aggregates:
+    """`a` with a refund of an order it does not know waiting for that order (bounded)."""
+    n = _draft(a)
+    n.pending_refunds = (*a.pending_refunds, (order_id, amount))[-PENDING_REFUNDS_KEPT:]
+    return _sealed(n)
 
 
 def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
@@ -440,60 +477,49 @@ def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
     if p.direction != "inbound":
         return _on_other(a, e)  # a brand's own message says nothing of the customer's interest
     t = e.occurred_at
-    return _with(
-        a,
-        first_seen=min(a.first_seen, t),
-        last_seen=max(a.last_seen, t),
-        engagements=a.engagements + 1,
-    )
+    n = _draft(a)
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    n.engagements = a.engagements + 1
+    return _sealed(n)
 
 
 def _on_share(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Share)
     t = e.occurred_at
-    return _with(
-        a,
-        first_seen=min(a.first_seen, t),
-        last_seen=max(a.last_seen, t),
-        engagements=a.engagements + 1,
-        shares=a.shares + 1,
-        invitations=a.invitations + (1 if p.invitee is not None else 0),
-    )
+    n = _draft(a)
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    n.engagements = a.engagements + 1
+    n.shares = a.shares + 1
+    n.invitations = a.invitations + (1 if p.invitee is not None else 0)
+    return _sealed(n)
 
 
 def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Join)
     t = e.occurred_at
-    referred_by, referred_at = a.referred_by, a.referred_at
-    if p.referrer is not None and (referred_at < 0 or t < referred_at):
-        referred_by, referred_at = seed_of(p.referrer), t
-    acquired_at, channel, source = a.acquired_at, a.acquisition_channel, a.acquisition_source
-    if acquired_at < 0 or t < acquired_at:  # the earliest join acquired them
-        acquired_at, channel, source = t, e.channel, p.source
-    return _with(
-        a,
-        first_seen=min(a.first_seen, t),
-        last_seen=max(a.last_seen, t),
-        last_join=max(a.last_join, t),
-        referred_by=referred_by,
-        referred_at=referred_at,
-        acquired_at=acquired_at,
-        acquisition_channel=channel,
-        acquisition_source=source,
-    )
+    n = _draft(a)
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    n.last_join = max(a.last_join, t)
+    if p.referrer is not None and (a.referred_at < 0 or t < a.referred_at):
+        n.referred_by, n.referred_at = seed_of(p.referrer), t
+    if a.acquired_at < 0 or t < a.acquired_at:  # the earliest join acquired them
+        n.acquired_at, n.acquisition_channel, n.acquisition_source = t, e.channel, p.source
+    return _sealed(n)
 
 
 def _on_leave(a: Aggregates, e: Touchpoint) -> Aggregates:
     assert isinstance(e.payload, Leave)
     t = e.occurred_at
-    return _with(
-        a,
-        first_seen=min(a.first_seen, t),
-        last_seen=max(a.last_seen, t),
-        last_leave=max(a.last_leave, t),
-    )
+    n = _draft(a)
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    n.last_leave = max(a.last_leave, t)
+    return _sealed(n)
 
 
 def _on_other(a: Aggregates, e: Touchpoint) -> Aggregates:
@@ -501,18 +527,34 @@ def _on_other(a: Aggregates, e: Touchpoint) -> Aggregates:
     t = e.occurred_at
     if a.first_seen <= t <= a.last_seen:
         return a
-    return _with(a, first_seen=min(a.first_seen, t), last_seen=max(a.last_seen, t))
+    n = _draft(a)
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    return _sealed(n)
 
 
-# Types not listed (identify) only move the clock and the first/last-seen times.
-_EFFECTS: dict[EventType, Callable[[Aggregates, Touchpoint], Aggregates]] = {
-    EventType.PURCHASE: _on_purchase,
-    EventType.REFUND: _on_refund,
-    EventType.CHAT: _on_chat,
-    EventType.SHARE: _on_share,
-    EventType.JOIN: _on_join,
-    EventType.LEAVE: _on_leave,
-}
+_CHAT, _PURCHASE, _JOIN = EventType.CHAT, EventType.PURCHASE, EventType.JOIN
+_SHARE, _LEAVE, _REFUND = EventType.SHARE, EventType.LEAVE, EventType.REFUND
+
+
+def _effect(a: Aggregates, e: Touchpoint) -> Aggregates:
+    """The aggregates after event `e`. Types not listed (identify) only move the clock and
+    the first/last-seen times. Branches, not a dict of functions: compiled, each effect is
+    then a C call, where a function taken from a dict is called as Python."""
+    kind = e.type
+    if kind == _CHAT:
+        return _on_chat(a, e)
+    if kind == _PURCHASE:
+        return _on_purchase(a, e)
+    if kind == _JOIN:
+        return _on_join(a, e)
+    if kind == _SHARE:
+        return _on_share(a, e)
+    if kind == _LEAVE:
+        return _on_leave(a, e)
+    if kind == _REFUND:
+        return _on_refund(a, e)
+    return _on_other(a, e)
 
 
 # -- aggregates + clock -> derived ---------------------------------------------------------
@@ -802,7 +844,9 @@ def _recompute(
     now = s.as_of if s.as_of > at else at
     trimmed = rfm.trim(agg.buckets, rfm.day_of(now), policy.rfm_for(brand).window_days)
     if trimmed is not agg.buckets:
-        agg = _with(agg, buckets=trimmed)
+        n = _draft(agg)
+        n.buckets = trimmed
+        agg = _sealed(n)
     if same_policy and _holds_at(s, now) and _same_scoring_inputs(agg, s.agg):
         due = s.due
         changed = _changed_other_facts(agg, s.agg)
@@ -933,7 +977,7 @@ def apply_new(
         changes: list[SegmentChange] = []
     else:
         state, changes = advance(state, event.brand, person_id, t, policy)
-    a = _EFFECTS.get(event.type, _on_other)(state.agg, event)
+    a = _effect(state.agg, event)
     recent = (*state.recent_event_ids, event.event_id)[-policy.dedup_window :]
     last_offset = state.last_offset if state.last_offset > offset else offset
     sources = _with_source(state.source_offsets, source)
@@ -995,7 +1039,9 @@ def apply_referral(
     if state is None:
         state = PersonState(as_of=at, agg=Aggregates(first_seen=at, last_seen=at))
     state, changes = advance(state, brand, person_id, at, policy)
-    agg = _with(state.agg, converted_invitees=state.agg.converted_invitees + 1)
+    n = _draft(state.agg)
+    n.converted_invitees = state.agg.converted_invitees + 1
+    agg = _sealed(n)
     cause = referral_id(invitee)
     state, more = _recompute(state, agg, brand, person_id, cause, at, policy)
     recent = (*state.recent_event_ids, cause)[-policy.dedup_window :]
@@ -1021,6 +1067,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
     first_join = min(joins, key=lambda x: x.acquired_at) if joins else a
     referrals = [x for x in (a, b) if x.referred_at >= 0]
     referred = min(referrals, key=lambda x: x.referred_at) if referrals else a
+    orders = sorted((*a.recent_orders, *b.recent_orders), key=_BY_DAY_AND_ID)
     merged = Aggregates(
         first_seen=min(a.first_seen, b.first_seen),
         last_seen=max(a.last_seen, b.last_seen),
@@ -1033,9 +1080,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
         last_purchase_day=last,
         previous_purchase_day=previous,
         buckets=buckets,
-        recent_orders=tuple(
-            sorted((*a.recent_orders, *b.recent_orders), key=lambda o: (o[1], o[0]))
-        )[-RECENT_ORDERS_KEPT:],
+        recent_orders=tuple(orders[-RECENT_ORDERS_KEPT:]),
         last_join=max(a.last_join, b.last_join),
         last_leave=max(a.last_leave, b.last_leave),
         acquired_at=first_join.acquired_at,
@@ -1050,8 +1095,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
         if refunded is not None:
             merged = refunded
         else:
-            waiting = (*merged.pending_refunds, (order_id, amount))
-            merged = _with(merged, pending_refunds=waiting[-PENDING_REFUNDS_KEPT:])
+            merged = _with_pending_refund(merged, order_id, amount)
     return merged
 
 

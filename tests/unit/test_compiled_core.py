@@ -121,6 +121,32 @@ def test_compiled_and_interpreted_cores_give_the_same_changes_and_states() -> No
     assert there == {**here, "compiled": there["compiled"]}
 
 
+def test_without_cython_installed_the_core_runs_from_source_and_gives_the_same() -> None:
+    """A runtime without the build's tools (no Cython): `state` reads `cython.compiled`
+    from its stand-in (pipeline/_no_cython.py) and runs as plain Python, to the same bytes."""
+    here = digest_of_a_run()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['cython'] = None  # import cython: ImportError\n"
+            "import json; from tests.unit.test_compiled_core import digest_of_a_run\n"
+            "import pipeline.state; assert pipeline.state.cython.__name__ == "
+            "'pipeline._no_cython'\n"
+            "print(json.dumps(digest_of_a_run()))",
+        ],
+        cwd=ROOT,
+        env={**os.environ, INTERPRETED_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    there = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert there["compiled"] is False
+    assert there == {**here, "compiled": False}
+
+
 def _fake_package(tmp: Path) -> Path:
     """A package directory with every core module's sources and a built extension."""
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
