@@ -1067,7 +1067,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
     first_join = min(joins, key=lambda x: x.acquired_at) if joins else a
     referrals = [x for x in (a, b) if x.referred_at >= 0]
     referred = min(referrals, key=lambda x: x.referred_at) if referrals else a
-    orders = sorted((*a.recent_orders, *b.recent_orders), key=_BY_DAY_AND_ID)
+    recent = sorted((*a.recent_orders, *b.recent_orders), key=_BY_DAY_AND_ID)
     merged = Aggregates(
         first_seen=min(a.first_seen, b.first_seen),
         last_seen=max(a.last_seen, b.last_seen),
@@ -1080,7 +1080,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
         last_purchase_day=last,
         previous_purchase_day=previous,
         buckets=buckets,
-        recent_orders=tuple(orders[-RECENT_ORDERS_KEPT:]),
+        recent_orders=tuple(recent[-RECENT_ORDERS_KEPT:]),
         last_join=max(a.last_join, b.last_join),
         last_leave=max(a.last_leave, b.last_leave),
         acquired_at=first_join.acquired_at,
