@@ -59,6 +59,16 @@ cdef class SegmentChange:
     cdef readonly Scores scores_before, scores_after
     cdef readonly object policy_version
 
+@cython.locals(n=Scores)
+cpdef Scores _new_scores(long long r, long long f, long long m)
+@cython.locals(n=Derived)
+cpdef Derived _new_derived(Scores scores, object rfm_segment, object aipl_stage, object lifecycle, object tags, object layers, object window)
+@cython.locals(n=PersonState)
+cpdef PersonState _new_state(long long version, long long seq, long long last_offset, long long as_of, object recent_event_ids, Aggregates agg, Derived derived, object source_offsets, long long due)
+@cython.locals(n=SegmentChange)
+cpdef SegmentChange _new_change(object brand, object person_id, object dimension, object from_value, object to_value, object rule, object cause_event_id, long long event_time, long long seq, Scores scores_before, Scores scores_after, object policy_version)
+@cython.locals(n=Aggregates)
+cpdef PersonState _first_state(long long t)
 # An effect's draft (`n`) is typed: its fields are then set in C (state.py, `_draft`).
 @cython.locals(n=Aggregates)
 cpdef Aggregates _draft(Aggregates a)

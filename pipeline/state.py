@@ -236,6 +236,122 @@ class SegmentChange:
     policy_version: str = ""
 
 
+# -- the value classes built per event, in C when compiled --------------------------------
+#
+# Compiled, calling a class goes through Python (its arguments boxed into objects, then
+# parsed and unboxed by its __init__); these fill a new object's C fields directly. Each
+# takes every field, in order (tests/unit/test_state.py checks it).
+
+
+def _new_scores(r: int, f: int, m: int) -> Scores:
+    """`Scores(r, f, m)`."""
+    if cython.compiled:
+        n = Scores.__new__(Scores)
+        n.r = r
+        n.f = f
+        n.m = m
+        return n
+    return Scores(r, f, m)
+
+
+def _new_derived(
+    scores: Scores,
+    rfm_segment: str | None,
+    aipl_stage: str,
+    lifecycle: str | None,
+    tags: tuple[str, ...],
+    layers: tuple[LayerValue, ...],
+    window: rfm.Window | None,
+) -> Derived:
+    """`Derived(...)`, every field."""
+    if cython.compiled:
+        n = Derived.__new__(Derived)
+        n.scores = scores
+        n.rfm_segment = rfm_segment
+        n.aipl_stage = aipl_stage
+        n.lifecycle = lifecycle
+        n.tags = tags
+        n.layers = layers
+        n.window = window
+        return n
+    return Derived(scores, rfm_segment, aipl_stage, lifecycle, tags, layers, window)
+
+
+def _new_state(
+    version: int,
+    seq: int,
+    last_offset: int,
+    as_of: int,
+    recent_event_ids: tuple[str, ...],
+    agg: Aggregates,
+    derived: Derived,
+    source_offsets: tuple[Source, ...],
+    due: int,
+) -> PersonState:
+    """`PersonState(...)`, every field."""
+    if cython.compiled:
+        n = PersonState.__new__(PersonState)
+        n.version = version
+        n.seq = seq
+        n.last_offset = last_offset
+        n.as_of = as_of
+        n.recent_event_ids = recent_event_ids
+        n.agg = agg
+        n.derived = derived
+        n.source_offsets = source_offsets
+        n.due = due
+        return n
+    return PersonState(
+        version, seq, last_offset, as_of, recent_event_ids, agg, derived, source_offsets, due
+    )
+
+
+def _new_change(
+    brand: str,
+    person_id: str,
+    dimension: str,
+    from_value: str | None,
+    to_value: str | None,
+    rule: str,
+    cause_event_id: str,
+    event_time: int,
+    seq: int,
+    scores_before: Scores,
+    scores_after: Scores,
+    policy_version: str,
+) -> SegmentChange:
+    """`SegmentChange(...)`, every field."""
+    if cython.compiled:
+        n = SegmentChange.__new__(SegmentChange)
+        n.brand = brand
+        n.person_id = person_id
+        n.dimension = dimension
+        n.from_value = from_value
+        n.to_value = to_value
+        n.rule = rule
+        n.cause_event_id = cause_event_id
+        n.event_time = event_time
+        n.seq = seq
+        n.scores_before = scores_before
+        n.scores_after = scores_after
+        n.policy_version = policy_version
+        return n
+    return SegmentChange(
+        brand,
+        person_id,
+        dimension,
+        from_value,
+        to_value,
+        rule,
+        cause_event_id,
+        event_time,
+        seq,
+        scores_before,
+        scores_after,
+        policy_version,
+    )
+
+
 # -- events -> aggregates (one function per event type) -------------------------------------
 #
 # An event's effect makes one new Aggregates: it takes a draft of the person's (`_draft`),
@@ -635,7 +751,7 @@ def derive(
         if history is not None:
             window = rfm.window(a.buckets, today, rp)
             rs = rfm.score_window(window, a.last_purchase_day, today, rp)
-            scores = Scores(rs.r, rs.f, rs.m)
+            scores = _new_scores(rs.r, rs.f, rs.m)
             segment = _SEGMENT_VALUE[rfm.segment(rs, rp)]
         stage_of_life = lc.lifecycle(history, today, policy.lifecycle)
         life = _LIFECYCLE_VALUE[stage_of_life] if stage_of_life else None
@@ -650,11 +766,11 @@ def derive(
         if book.facts_used.isdisjoint(changed):
             if same_stage and window is scored.window:
                 return scored  # nothing it holds moved: the same object (no new one, no diff)
-            return Derived(scores, segment, stage, life, scored.tags, scored.layers, window)
+            return _new_derived(scores, segment, stage, life, scored.tags, scored.layers, window)
     known = facts(a, scores, segment, stage, life, today, window)
     generated = book.compiled  # what book.evaluate would call: one Python frame fewer
     tags, layers = generated(known) if generated is not None else book.evaluate(known)
-    return Derived(scores, segment, stage, life, tags, layers, window)
+    return _new_derived(scores, segment, stage, life, tags, layers, window)
 
 
 def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
@@ -809,9 +925,9 @@ def _changes(
             if b != a:
                 moves.append((f"layer:{layer}", b, a, book.explain_level(layer, a)))
     return [
-        # positional, in field order: (brand, person_id, dimension, from_value, to_value,
-        # rule, cause_event_id, event_time, seq, scores_before, scores_after, policy_version)
-        SegmentChange(
+        # in field order: (brand, person_id, dimension, from_value, to_value, rule,
+        # cause_event_id, event_time, seq, scores_before, scores_after, policy_version)
+        _new_change(
             brand,
             person_id,
             dim,
@@ -862,7 +978,7 @@ def _recompute(
         if derived is not s.derived and derived != s.derived
         else []
     )
-    new = PersonState(
+    new = _new_state(
         s.version + 1,
         s.seq + len(changes),
         s.last_offset if last_offset is None else last_offset,
@@ -960,6 +1076,19 @@ def apply(
     return apply_new(state, event, person_id, policy, offset, source)
 
 
+_NO_AGGREGATES = Aggregates()
+_NOT_DERIVED = Derived()
+
+
+def _first_state(t: int) -> PersonState:
+    """`PersonState(as_of=t, agg=Aggregates(first_seen=t, last_seen=t))`: a person's state
+    before their first event (at `t`) is applied."""
+    n = _draft(_NO_AGGREGATES)
+    n.first_seen = t
+    n.last_seen = t
+    return _new_state(0, 0, -1, t, (), _sealed(n), _NOT_DERIVED, (), DUE_UNKNOWN)
+
+
 def apply_new(
     state: PersonState | None,
     event: Touchpoint,
@@ -972,7 +1101,7 @@ def apply_new(
     forwarded again (the engine checks both itself, to count them)."""
     t = event.occurred_at
     if state is None:
-        state = PersonState(as_of=t, agg=Aggregates(first_seen=t, last_seen=t))
+        state = _first_state(t)
     if state.due == DUE_NEVER or t < state.due:  # most events: no due time passed
         changes: list[SegmentChange] = []
     else:
@@ -1037,7 +1166,7 @@ def apply_referral(
 ) -> tuple[PersonState, list[SegmentChange]]:
     """Credit a converted invitee to their referrer (cause `referral:<invitee>`)."""
     if state is None:
-        state = PersonState(as_of=at, agg=Aggregates(first_seen=at, last_seen=at))
+        state = _first_state(at)
     state, changes = advance(state, brand, person_id, at, policy)
     n = _draft(state.agg)
     n.converted_invitees = state.agg.converted_invitees + 1

@@ -611,6 +611,31 @@ def test_a_sealed_draft_holds_every_field_of_what_it_was_drawn_from() -> None:
     assert _Draft.__slots__ == tuple(f.name for f in fields(Aggregates))
 
 
+def test_the_core_builds_each_value_class_with_every_field_in_order() -> None:
+    """`_new_scores`, `_new_derived`, `_new_state` and `_new_change` fill the fields one by
+    one (compiled: C fields): a field added to a class must be added there too."""
+    from pipeline.rfm import Window
+    from pipeline.state import _new_change, _new_derived, _new_scores, _new_state
+
+    scores, other = Scores(1, 2, 3), Scores(3, 4, 5)
+    derived = Derived(scores, "s", "stage", "life", ("t",), (("l", "v"),), Window(2, 30))
+    state = PersonState(
+        1, 2, 3, 4, ("e",), _every_field_set(), derived, ((0, 5),), 6
+    )  # fmt: skip
+    change = SegmentChange("b", "p", "d", "x", "y", "r", "c", 7, 8, scores, other, "v9")
+    for cls, build, value in [
+        (Scores, _new_scores, scores),
+        (Derived, _new_derived, derived),
+        (PersonState, _new_state, state),
+        (SegmentChange, _new_change, change),
+    ]:
+        given = [getattr(value, f.name) for f in fields(cls)]
+        assert all(v != f.default for v, f in zip(given, fields(cls), strict=True))
+        built = build(*given)
+        assert type(built) is cls
+        assert [getattr(built, f.name) for f in fields(cls)] == given
+
+
 def test_a_draft_changes_the_fields_set_on_it_and_keeps_every_other() -> None:
     """The uncompiled build's draft (compiled, the draft is an Aggregates whose fields
     only the core's C code sets; its effects are held to this build's by the property
