@@ -12,6 +12,8 @@ from pipeline cimport rfm, stages
 from pipeline cimport lifecycle as lc
 from pipeline.stages cimport AiplPolicy
 
+cdef long long _DUE_UNKNOWN, _DUE_NEVER
+
 cdef class Policy:
     cdef readonly RfmPolicy rfm
     cdef readonly AiplPolicy aipl
@@ -102,12 +104,14 @@ cpdef object _rule_of(object dim, Derived d, Aggregates a, object brand, Policy 
 cpdef object next_due(PersonState s, object brand, Policy policy)
 cpdef object compute_due(Aggregates a, object as_of, object brand, Policy policy)
 cpdef list _changes(Derived before, Derived after, Aggregates agg, object brand, object person_id, object cause, object at, object seq, Policy policy)
-@cython.locals(derived=Derived, new=PersonState, n=Aggregates)
+@cython.locals(derived=Derived, new=PersonState, n=Aggregates, now=cython.longlong)
 cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object person_id, object cause, object at, Policy policy, object last_offset=*, object recent=*, object same_policy=*, object sources=*)
-cpdef bint _holds_at(PersonState s, object now)
+@cython.locals(sa=Scores, sb=Scores)
+cpdef bint _same_derived(Derived a, Derived b)
+cpdef bint _holds_at(PersonState s, long long now)
 cpdef tuple advance(PersonState state, object brand, object person_id, object now, Policy policy)
 cpdef bint is_forwarded_again(PersonState state, object source)
-@cython.locals(a=Aggregates)
+@cython.locals(a=Aggregates, t=cython.longlong)
 cpdef tuple apply_new(PersonState state, Touchpoint event, object person_id, Policy policy, object offset=*, object source=*)
 cpdef object state_key(object brand, object person_id)
 cpdef tuple split_state_key(object key)

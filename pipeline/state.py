@@ -46,6 +46,9 @@ PENDING_REFUNDS_KEPT = 4
 TIME_CAUSE = "time"  # cause_event_id of changes caused by the clock, not by an event
 DUE_UNKNOWN = -2  # PersonState.due not computed yet (e.g. decoded from the changelog)
 DUE_NEVER = -1  # nothing will change on time alone
+# The same, as C constants when compiled (state.pxd): compared with a C field, a module's
+# Python constant would box the field into an int object first.
+_DUE_UNKNOWN, _DUE_NEVER = DUE_UNKNOWN, DUE_NEVER
 
 OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
 PendingRefund = tuple[str, int]  # (order_id, amount_minor)
@@ -844,7 +847,11 @@ def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) ->
 
 def next_due(s: PersonState, brand: str, policy: Policy) -> int | None:
     """The earliest time (ms) after `s.as_of` at which time alone may change a segment."""
-    due = s.due if s.due != DUE_UNKNOWN else compute_due(s.agg, s.as_of, brand, policy)
+    if s.due == _DUE_NEVER:
+        return None
+    if s.due != _DUE_UNKNOWN:
+        return s.due
+    due = compute_due(s.agg, s.as_of, brand, policy)
     return None if due == DUE_NEVER else due
 
 
@@ -975,7 +982,7 @@ def _recompute(
         due = compute_due(agg, now, brand, policy)
     changes = (
         _changes(s.derived, derived, agg, brand, person_id, cause, at, s.seq, policy)
-        if derived is not s.derived and derived != s.derived
+        if derived is not s.derived and not _same_derived(derived, s.derived)
         else []
     )
     new = _new_state(
@@ -992,10 +999,26 @@ def _recompute(
     return new, changes
 
 
+def _same_derived(a: Derived, b: Derived) -> bool:
+    """`a == b`, field by field: compiled, C reads, where the dataclass's `==` builds and
+    compares a tuple of each one's fields (the window is no part of the value)."""
+    sa, sb = a.scores, b.scores
+    return (
+        sa.r == sb.r
+        and sa.f == sb.f
+        and sa.m == sb.m
+        and a.rfm_segment == b.rfm_segment
+        and a.aipl_stage == b.aipl_stage
+        and a.lifecycle == b.lifecycle
+        and a.tags == b.tags
+        and a.layers == b.layers
+    )
+
+
 def _holds_at(s: PersonState, now: int) -> bool:
     """Whether `s.derived` and `s.due`, derived at `s.as_of`, still hold at `now` for the
     same aggregates: no due time lies in between (time only matters at due times)."""
-    return s.version > 0 and s.due != DUE_UNKNOWN and (s.due == DUE_NEVER or now < s.due)
+    return s.version > 0 and s.due != _DUE_UNKNOWN and (s.due == _DUE_NEVER or now < s.due)
 
 
 def reassess(
@@ -1102,7 +1125,7 @@ def apply_new(
     t = event.occurred_at
     if state is None:
         state = _first_state(t)
-    if state.due == DUE_NEVER or t < state.due:  # most events: no due time passed
+    if state.due == _DUE_NEVER or t < state.due:  # most events: no due time passed
         changes: list[SegmentChange] = []
     else:
         state, changes = advance(state, event.brand, person_id, t, policy)

@@ -636,6 +636,31 @@ def test_the_core_builds_each_value_class_with_every_field_in_order() -> None:
         assert [getattr(built, f.name) for f in fields(cls)] == given
 
 
+def test_derived_values_are_the_same_to_the_core_exactly_when_they_are_equal() -> None:
+    """`_same_derived` (C reads when compiled) says what Derived's `==` says: each field
+    that is part of the value tells two apart, and the window, which is not, does not."""
+    from pipeline.rfm import Window
+    from pipeline.state import _same_derived
+
+    base = Derived(Scores(1, 2, 3), "s", "stage", "life", ("t",), (("l", "v"),), Window(2, 30))
+    others = {
+        "scores": [Scores(9, 2, 3), Scores(1, 9, 3), Scores(1, 2, 9)],
+        "rfm_segment": [None, "s2"],
+        "aipl_stage": ["stage2"],
+        "lifecycle": [None, "life2"],
+        "tags": [(), ("t", "u")],
+        "layers": [(), (("l", "w"),)],
+        "window": [None, Window(3, 40)],
+    }
+    assert set(others) == {f.name for f in fields(Derived)}
+    assert _same_derived(base, replace(base)) and base == replace(base)
+    for name, values in others.items():
+        for value in values:
+            other = replace(base, **{name: value})
+            assert _same_derived(base, other) is (base == other) is (name == "window"), name
+            assert _same_derived(other, base) is (other == base), name
+
+
 def test_a_draft_changes_the_fields_set_on_it_and_keeps_every_other() -> None:
     """The uncompiled build's draft (compiled, the draft is an Aggregates whose fields
     only the core's C code sets; its effects are held to this build's by the property
