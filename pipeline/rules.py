@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.avro_prebuilt import compiled_function, prebuilt, source_key
+from pipeline.rfm import day_of
 
 Facts = Mapping[str, Any]
 Predicate = Callable[[Facts], bool]
-Evaluator = Callable[[Facts], tuple[tuple[str, ...], tuple[tuple[str, str], ...]]]
+Outcome = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]  # (tags, ((layer, level), ...))
+# A brand's rules as one generated function of what `state.derive` holds (FACT_SOURCES).
+Evaluator = Callable[[Any, Any, str | None, str, str | None, int, Any], Outcome]
 EvaluatorSource = tuple[str, tuple[Any, ...]]  # (code of `evaluate`, its constants c0, c1, ...)
 
 # The facts a rule may use, and the Python types their values have (None = no value,
@@ -59,6 +62,50 @@ FACT_TYPES: dict[str, type] = {
     "acquisition_source": str,
 }
 FACT_NAMES = frozenset(FACT_TYPES)
+# Each fact as an expression over what `state.derive` holds when the rules run: `a` (the
+# person's Aggregates), `scores` (Scores), `segment`, `stage`, `life` (the values of the
+# RFM segment, AIPL stage and lifecycle), `today` (day number) and `window` (the RFM
+# window's rfm.Window, None when no purchase). The one definition of the facts: the
+# generated evaluators read the facts they use this way, and `facts_of` builds them all.
+FACT_SOURCES: dict[str, str] = {
+    "lifetime_orders": "a.lifetime_orders",
+    "lifetime_amount_minor": "a.lifetime_amount_minor",
+    "window_orders": "(window.orders if window else 0)",
+    "window_amount_minor": "(window.amount_minor if window else 0)",
+    "r": "scores.r",
+    "f": "scores.f",
+    "m": "scores.m",
+    "engagements": "a.engagements",
+    "shares": "a.shares",
+    "invitations": "a.invitations",
+    "converted_invitees": "a.converted_invitees",
+    "days_since_last_purchase": (
+        "(today - a.last_purchase_day if a.last_purchase_day >= 0 else None)"
+    ),
+    "days_since_first_seen": "today - day_of(a.first_seen)",
+    "subscribed": "a.subscribed",
+    "rfm_segment": "segment",
+    "aipl_stage": "stage",
+    "lifecycle": "life",
+    "acquisition_channel": "a.acquisition_channel",
+    "acquisition_source": "a.acquisition_source",
+}
+assert FACT_SOURCES.keys() == FACT_TYPES.keys()
+_EVALUATOR_PARAMS = "a, scores, segment, stage, life, today, window"
+
+
+def _facts_function() -> Callable[..., dict[str, Any]]:
+    entries = "".join(f"        {name!r}: {code},\n" for name, code in FACT_SOURCES.items())
+    source = f"def facts_of({_EVALUATOR_PARAMS}):\n    return {{\n{entries}    }}\n"
+    namespace: dict[str, Any] = {"day_of": day_of}
+    exec(compile(source, "<rules.facts_of>", "exec"), namespace)
+    facts: Callable[..., dict[str, Any]] = namespace["facts_of"]
+    return facts
+
+
+# facts_of(a, scores, segment, stage, life, today, window) -> {fact: value}: every fact by
+# name, for `BrandRules.evaluate`, explanations and tests (the core's evaluators read theirs).
+facts_of = _facts_function()
 # Facts that grow by one each day with no event: thresholds on them are due times.
 DAY_COUNTERS = ("days_since_last_purchase", "days_since_first_seen")
 
@@ -117,13 +164,12 @@ class BrandRules:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tags_by_name", tuple(sorted(self.tags, key=lambda t: t.name)))
 
-    def evaluate(self, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-        """(sorted tag names that hold, ((layer, level), ...) in declaration order)."""
-        if self.compiled is not None:
-            return self.compiled(facts)
+    def evaluate(self, facts: Facts) -> Outcome:
+        """(sorted tag names that hold, ((layer, level), ...) in declaration order), of
+        facts by name (`facts_of`). The core runs `compiled` on what it holds instead."""
         return self.evaluate_each(facts)
 
-    def evaluate_each(self, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    def evaluate_each(self, facts: Facts) -> Outcome:
         """`evaluate` through each condition's predicate: the reference for `compiled`."""
         tags = tuple([t.name for t in self._tags_by_name if t.test(facts)])
         layers = []
@@ -284,6 +330,7 @@ def _generate(
     if built is not None:
         return built, source
     namespace: dict[str, Any] = {f"c{i}": v for i, v in enumerate(consts)}
+    namespace["day_of"] = day_of
     exec(code, namespace)
     evaluate: Evaluator = namespace["evaluate"]
     return evaluate, source
@@ -292,7 +339,8 @@ def _generate(
 def evaluator_source(
     tags: list[tuple[str, Any]], layers: list[tuple[str, list[tuple[str, Any]]]]
 ) -> EvaluatorSource:
-    """(the source of `def evaluate(facts)`, the constants c0, c1, ... it reads)."""
+    """(the source of `def evaluate(a, scores, ...)`, the constants c0, c1, ... it reads):
+    it reads each fact its conditions use once (FACT_SOURCES), then tests them inline."""
     consts: list[Any] = []
     reads: dict[str, str] = {}
 
@@ -310,8 +358,8 @@ def evaluator_source(
             body.append(f"    {'if' if i == 0 else 'elif'} {test}:")
             body.append(f"        layers.append({const((layer, level))})")
     body.append("    return tuple(tags), tuple(layers)")
-    head = ["def evaluate(facts):"]
-    head += [f"    {var} = facts.get({fact!r})" for fact, var in reads.items()]
+    head = [f"def evaluate({_EVALUATOR_PARAMS}):"]
+    head += [f"    {var} = {FACT_SOURCES[fact]}" for fact, var in reads.items()]
     return "\n".join([*head, *body]) + "\n", tuple(consts)
 
 
@@ -330,8 +378,8 @@ def evaluator_key(source: EvaluatorSource) -> str:
 def evaluators_module_source(sources: Iterable[EvaluatorSource]) -> str:
     """The module `pipeline._rule_evaluators` is compiled from: each evaluator of
     `sources` whose constants are literals, with them as its arguments' defaults (C
-    locals, compiled) and `facts` a dict, in FUNCTIONS by `evaluator_key`."""
-    lines = ["import cython", "", "FUNCTIONS = {}", ""]
+    locals, compiled), in FUNCTIONS by `evaluator_key`."""
+    lines = ["import cython", "", "from pipeline.rfm import day_of", "", "FUNCTIONS = {}", ""]
     seen: set[str] = set()
     for source in sources:
         code, consts = source
@@ -340,8 +388,9 @@ def evaluators_module_source(sources: Iterable[EvaluatorSource]) -> str:
             continue
         seen.add(key)
         defaults = "".join(f", c{i}={c!r}" for i, c in enumerate(consts))
-        code = code.replace("def evaluate(facts):", f"def evaluate(facts{defaults}):", 1)
-        lines += ["", compiled_function(code, "evaluate", key, ["facts=dict"])]
+        head = f"def evaluate({_EVALUATOR_PARAMS}"
+        code = code.replace(f"{head}):", f"{head}{defaults}):", 1)
+        lines += ["", compiled_function(code, "evaluate", key, [])]
         lines += [f"FUNCTIONS[{key!r}] = evaluate_{key}", ""]
     return "\n".join(lines)
 

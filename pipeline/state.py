@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any
 
 try:
     import cython
@@ -679,41 +678,6 @@ def _effect(a: Aggregates, e: Touchpoint) -> Aggregates:
 # -- aggregates + clock -> derived ---------------------------------------------------------
 
 
-def facts(
-    a: Aggregates,
-    scores: Scores,
-    segment: str | None,
-    stage: str,
-    life: str | None,
-    today: int,
-    window: rfm.Window | None,
-) -> dict[str, Any]:
-    """The facts tag and layer rules are written against (see `rules.FACT_TYPES`)."""
-    return {
-        "lifetime_orders": a.lifetime_orders,
-        "lifetime_amount_minor": a.lifetime_amount_minor,
-        "window_orders": window.orders if window else 0,
-        "window_amount_minor": window.amount_minor if window else 0,
-        "r": scores.r,
-        "f": scores.f,
-        "m": scores.m,
-        "engagements": a.engagements,
-        "shares": a.shares,
-        "invitations": a.invitations,
-        "converted_invitees": a.converted_invitees,
-        "days_since_last_purchase": (
-            today - a.last_purchase_day if a.last_purchase_day >= 0 else None
-        ),
-        "days_since_first_seen": today - rfm.day_of(a.first_seen),
-        "subscribed": _subscribed(a),
-        "rfm_segment": segment,
-        "aipl_stage": stage,
-        "lifecycle": life,
-        "acquisition_channel": a.acquisition_channel,
-        "acquisition_source": a.acquisition_source,
-    }
-
-
 # An enum member's `.value` is a property written in Python (~80 ns); a dict is not.
 _SEGMENT_VALUE: dict[rfm.RfmSegment, str] = {m: m.value for m in rfm.RfmSegment}
 _LIFECYCLE_VALUE: dict[lc.Lifecycle, str] = {m: m.value for m in lc.Lifecycle}
@@ -770,9 +734,11 @@ def derive(
             if same_stage and window is scored.window:
                 return scored  # nothing it holds moved: the same object (no new one, no diff)
             return _new_derived(scores, segment, stage, life, scored.tags, scored.layers, window)
-    known = facts(a, scores, segment, stage, life, today, window)
-    generated = book.compiled  # what book.evaluate would call: one Python frame fewer
-    tags, layers = generated(known) if generated is not None else book.evaluate(known)
+    generated = book.compiled  # the rules as one function of what is here (rules.py)
+    if generated is not None:
+        tags, layers = generated(a, scores, segment, stage, life, today, window)
+    else:  # rules built by hand, without it: by their predicates
+        tags, layers = book.evaluate(rules.facts_of(a, scores, segment, stage, life, today, window))
     return _new_derived(scores, segment, stage, life, tags, layers, window)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as hs
 from pipeline import rfm
 from pipeline import state as core
 from pipeline.events import EventType, Purchase, Share, Touchpoint, UserRef
-from pipeline.rules import DEFAULT_RULES, RuleError, compile_rules
+from pipeline.rules import DEFAULT_RULES, RuleError, compile_rules, facts_of
 
 DAY = rfm.MS_PER_DAY
 T0 = 19_675 * DAY
@@ -194,27 +194,74 @@ EVERY_FORM_RULES: dict[str, Any] = {
     }
 }
 
-_small = hs.one_of(hs.none(), hs.integers(0, 6))
-_FACTS = hs.fixed_dictionaries(
-    {
-        "lifetime_orders": _small, "r": _small, "f": _small, "m": _small, "shares": _small,
-        "converted_invitees": _small, "window_amount_minor": hs.sampled_from([None, 0, 300_000]),
-        "days_since_last_purchase": hs.one_of(hs.none(), hs.integers(0, 60)),
-        "subscribed": hs.sampled_from([None, True, False]),
-        "lifecycle": hs.sampled_from([None, "new", "active", "won_back"]),
-    }
-)  # fmt: skip
+_small = hs.integers(0, 6)
+TODAY = 19_700
+
+
+@hs.composite
+def _held(draw: Any) -> tuple[Any, ...]:
+    """What `state.derive` holds when the rules run (the generated evaluators' arguments):
+    facts around the example rules' thresholds, each that may be missing sometimes so."""
+    a = core.Aggregates(
+        first_seen=(TODAY - draw(hs.integers(0, 60))) * DAY,
+        engagements=draw(_small),
+        shares=draw(_small),
+        invitations=draw(_small),
+        lifetime_orders=draw(_small),
+        lifetime_amount_minor=draw(hs.sampled_from([0, 101, 300_000])),
+        last_purchase_day=draw(hs.one_of(hs.just(-1), hs.integers(TODAY - 60, TODAY))),
+        last_join=draw(hs.sampled_from([-1, 5])),
+        last_leave=draw(hs.sampled_from([-1, 3, 7])),
+        acquisition_channel=draw(hs.sampled_from([None, "wecom"])),
+        converted_invitees=draw(_small),
+    )
+    scores = core.Scores(draw(_small), draw(_small), draw(_small))
+    window = draw(
+        hs.one_of(hs.none(), hs.builds(rfm.Window, _small, hs.sampled_from([0, 300_000])))
+    )
+    life = draw(hs.sampled_from([None, "new", "active", "won_back"]))
+    segment = draw(hs.sampled_from([None, "重要价值客户"]))
+    return a, scores, segment, "purchase", life, TODAY, window
 
 
 @settings(max_examples=300, deadline=None)
-@given(facts=_FACTS)
+@given(held=_held())
 def test_the_generated_evaluation_agrees_with_each_condition_s_predicate(
-    facts: dict[str, Any],
+    held: tuple[Any, ...],
 ) -> None:
+    facts = facts_of(*held)
     for spec in (EVERY_FORM_RULES, KOC_RULES, DEFAULT_RULES):
         rules = compile_rules(spec).default
         assert rules.compiled is not None
-        assert rules.compiled(facts) == rules.evaluate_each(facts)
+        assert rules.compiled(*held) == rules.evaluate_each(facts)
+
+
+def test_the_facts_are_what_their_names_say() -> None:
+    """`facts_of`, the one definition of the facts (FACT_SOURCES), on a known person."""
+    a = core.Aggregates(
+        first_seen=(TODAY - 40) * DAY + 5, engagements=2, shares=3, invitations=1,
+        lifetime_orders=4, lifetime_amount_minor=500, last_purchase_day=TODAY - 9,
+        last_join=10, last_leave=20, acquisition_channel="wecom", acquisition_source="live",
+        converted_invitees=1,
+    )  # fmt: skip
+    facts = facts_of(a, core.Scores(3, 2, 1), "seg", "loyalty", "active", TODAY, rfm.Window(2, 300))
+    assert facts == {
+        "lifetime_orders": 4, "lifetime_amount_minor": 500, "window_orders": 2,
+        "window_amount_minor": 300, "r": 3, "f": 2, "m": 1, "engagements": 2, "shares": 3,
+        "invitations": 1, "converted_invitees": 1, "days_since_last_purchase": 9,
+        "days_since_first_seen": 40, "subscribed": False, "rfm_segment": "seg",
+        "aipl_stage": "loyalty", "lifecycle": "active", "acquisition_channel": "wecom",
+        "acquisition_source": "live",
+    }  # fmt: skip
+    never = facts_of(core.Aggregates(), core.NO_SCORES, None, "awareness", None, TODAY, None)
+    assert never["days_since_last_purchase"] is None and never["subscribed"] is None
+    assert never["window_orders"] == never["window_amount_minor"] == 0
+    assert (
+        facts_of(replace(a, last_leave=-1), *[core.NO_SCORES, None, "", None, 0, None])[
+            "subscribed"
+        ]
+        is True
+    )
 
 
 # -- evaluators compiled ahead of time ------------------------------------------------------
@@ -233,9 +280,9 @@ def _built_module(specs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(facts=_FACTS)
+@given(held=_held())
 def test_the_module_the_build_compiles_evaluates_as_the_source_does(
-    facts: dict[str, Any],
+    held: tuple[Any, ...],
 ) -> None:
     from pipeline.rules import evaluator_key
 
@@ -246,7 +293,7 @@ def test_the_module_the_build_compiles_evaluates_as_the_source_does(
         rules = compile_rules(spec).default
         assert rules.source is not None
         built = module["FUNCTIONS"][evaluator_key(rules.source)]
-        assert built(facts) == rules.evaluate_each(facts)
+        assert built(*held) == rules.evaluate_each(facts_of(*held))
 
 
 def test_rules_differing_only_in_a_threshold_are_different_evaluators() -> None:
@@ -266,7 +313,7 @@ def test_an_evaluator_whose_constants_are_not_literals_is_left_to_its_source() -
     pytest.importorskip("cython")
     from pipeline.rules import evaluators_module_source
 
-    code = "def evaluate(facts):\n    return (c0,), ()\n"
+    code = "def evaluate(a, scores, segment, stage, life, today, window):\n    return (c0,), ()\n"
     module: dict[str, Any] = {}
     exec(evaluators_module_source([(code, (object(),))]), module)
     assert module["FUNCTIONS"] == {}
