@@ -160,9 +160,14 @@ class BrandRules:
     source: EvaluatorSource | None = field(default=None, repr=False, compare=False)
     # `tags` sorted by name once, so `evaluate` needs no sort per call
     _tags_by_name: tuple[Tag, ...] = field(init=False, repr=False, compare=False)
+    # tag name -> its rule as a change names it (`explain_tag`), built once
+    _tag_rules: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tags_by_name", tuple(sorted(self.tags, key=lambda t: t.name)))
+        object.__setattr__(
+            self, "_tag_rules", {t.name: f"tag:{t.name}/{t.text}" for t in self.tags}
+        )
 
     def evaluate(self, facts: Facts) -> Outcome:
         """(sorted tag names that hold, ((layer, level), ...) in declaration order), of
@@ -181,10 +186,9 @@ class BrandRules:
         return tags, tuple(layers)
 
     def explain_tag(self, name: str) -> str:
-        for t in self.tags:
-            if t.name == name:
-                return f"tag:{name}/{t.text}"
-        return f"tag:{name}/removed_from_rules"
+        """The rule of tag `name`, as a change that adds it names it."""
+        rule = self._tag_rules.get(name)
+        return f"tag:{name}/removed_from_rules" if rule is None else rule
 
     def explain_level(self, layer: str, level: str | None) -> str:
         for lay in self.layers:

@@ -883,14 +883,18 @@ def _changes(
     if before.lifecycle != after.lifecycle:
         rule = _rule_of("lifecycle", after, agg, brand, policy)
         moves.append(("lifecycle", before.lifecycle, after.lifecycle, rule))
-    # Most changes move a segment, stage or lifecycle only: the tag and layer diffs (sets,
-    # dicts and sorts) are built only when those tuples differ.
-    if before.tags != after.tags:
-        old_tags, new_tags = set(before.tags), set(after.tags)
-        for tag in sorted(old_tags - new_tags):
-            moves.append(("tag", tag, None, book.explain_tag(tag).replace("tag:", "untag:", 1)))
-        for tag in sorted(new_tags - old_tags):
-            moves.append(("tag", None, tag, book.explain_tag(tag)))
+    # Most changes move a segment, stage or lifecycle only: the tag and layer diffs are
+    # built only when those tuples differ. Tags are sorted and each once (Derived): a walk
+    # over the few of them, in order, where sets and sorts cost ~3 % of the core's work.
+    old_tags, new_tags = before.tags, after.tags
+    if old_tags != new_tags:
+        for tag in old_tags:
+            if tag not in new_tags:
+                rule = book.explain_tag(tag)
+                moves.append(("tag", tag, None, rule.replace("tag:", "untag:", 1)))
+        for tag in new_tags:
+            if tag not in old_tags:
+                moves.append(("tag", None, tag, book.explain_tag(tag)))
     if before.layers != after.layers:
         old_layers, new_layers = dict(before.layers), dict(after.layers)
         for layer in sorted(old_layers.keys() | new_layers.keys()):

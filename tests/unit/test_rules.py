@@ -109,6 +109,43 @@ def test_tag_removal_and_layer_moves_are_changes_with_their_rule() -> None:
     assert s is not None and s.tags == ("koc",)
 
 
+def test_tags_lost_and_gained_at_once_are_changes_in_name_order_with_their_rules() -> None:
+    def spec(*names: str) -> dict[str, Any]:
+        conds = {
+            "a_low": {"shares": {"lte": 1}},
+            "b_low": {"engagements": {"lte": 1}},
+            "c_high": {"shares": {"gte": 2}},
+            "d_high": {"engagements": {"gte": 2}},
+        }
+        return {"default": {"tags": [{"name": n, "when": conds[n]} for n in names]}}
+
+    policy = core.Policy(rules=compile_rules(spec("d_high", "c_high", "b_low", "a_low")))
+    s = None
+    tag_moves = []
+    for i in range(2):
+        share = Touchpoint(f"s{i}", EventType.SHARE, "lumi", "wecom", USER, T0 + i, Share("c"))
+        s, cs = core.apply(s, share, "p1", policy)
+        tag_moves.append([(c.from_value, c.to_value, c.rule) for c in cs if c.dimension == "tag"])
+    assert tag_moves == [
+        [
+            (None, "a_low", "tag:a_low/{shares:{lte:1}}"),
+            (None, "b_low", "tag:b_low/{engagements:{lte:1}}"),
+        ],
+        [
+            ("a_low", None, "untag:a_low/{shares:{lte:1}}"),
+            ("b_low", None, "untag:b_low/{engagements:{lte:1}}"),
+            (None, "c_high", "tag:c_high/{shares:{gte:2}}"),
+            (None, "d_high", "tag:d_high/{engagements:{gte:2}}"),
+        ],
+    ]
+    assert s is not None and s.tags == ("c_high", "d_high")
+    fewer = core.Policy(rules=compile_rules(spec("c_high")), version="v2")
+    _, changes = core.reassess(s, "lumi", "p1", fewer)
+    assert [(c.dimension, c.from_value, c.to_value, c.rule) for c in changes] == [
+        ("tag", "d_high", None, "untag:d_high/removed_from_rules")
+    ]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
