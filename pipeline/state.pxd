@@ -24,9 +24,9 @@ cdef class Policy:
     cdef readonly object version
     cdef readonly long long referral_window_days
     cdef readonly dict brand_groups
+    cdef readonly dict _rules_by_brand
     cpdef object groups_of(self, object brand)
     cpdef RfmPolicy rfm_for(self, object brand)
-    @cython.locals(brands=dict)
     cpdef object rules_for(self, object brand)
 
 cdef class Scores:

@@ -79,6 +79,10 @@ class Policy:
     # brand -> the brand groups it belongs to; a group keeps its own (brand = group
     # name) state of every person across its brands: the cross-brand view.
     brand_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # brand -> its rules (`rules_for`), kept as brands are met: no part of the value
+    _rules_by_brand: dict[str, BrandRules] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.dedup_window < 1:
@@ -91,11 +95,14 @@ class Policy:
         return self.brand_rfm.get(brand, self.rfm)
 
     def rules_for(self, brand: str) -> BrandRules:
-        """`self.rules.for_brand(brand)`, here: compiled, it saves a call into rules.py's
-        Python (~80 ns), and the core asks up to three times per event."""
-        book = self.rules
-        brands = book.brands  # a dict (RuleBook): compiled, the lookup is a C call
-        return brands.get(brand, book.default)
+        """`self.rules.for_brand(brand)`, kept per brand: the core asks up to three times
+        per event, and compiled, this is one C lookup where reading the rule book's
+        fields goes through Python's attribute lookup (~2 % of the core's work)."""
+        found = self._rules_by_brand.get(brand)
+        if found is None:
+            found = self.rules.for_brand(brand)
+            self._rules_by_brand[brand] = found
+        return found
 
 
 @fast_init

@@ -109,6 +109,21 @@ def test_tag_removal_and_layer_moves_are_changes_with_their_rule() -> None:
     assert s is not None and s.tags == ("koc",)
 
 
+def test_a_policy_gives_each_brand_its_rules_and_a_replaced_policy_its_own() -> None:
+    """`Policy.rules_for` keeps what it found per brand; that never outlives the rules."""
+    book = compile_rules(KOC_RULES)
+    policy = core.Policy(rules=book)
+    for _ in range(2):  # found, then kept
+        assert policy.rules_for("lumi") is book.default
+        assert policy.rules_for("other") is book.brands["other"]
+    assert policy == core.Policy(rules=book)  # what it keeps is no part of the value
+    other = compile_rules(DEFAULT_RULES)
+    replaced = replace(policy, rules=other)
+    assert replaced.rules_for("lumi") is other.default
+    assert replaced.rules_for("other") is other.default  # no rules of its own there
+    assert policy.rules_for("other") is book.brands["other"]
+
+
 def test_tags_lost_and_gained_at_once_are_changes_in_name_order_with_their_rules() -> None:
     def spec(*names: str) -> dict[str, Any]:
         conds = {
