@@ -833,18 +833,24 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
     today among the recency thresholds, window exits, lifecycle and rule day thresholds."""
     today = rfm.day_of(as_of)
     rp = policy.rfm_for(brand)
-    # the smallest candidate day after today (a list and one min(), not a closure per call)
-    ahead: list[int] = []
+    # The smallest candidate day after today, kept as the candidates come (compiled: C
+    # integers, no list of them, no int boxed); -1 while there is none.
+    best = -1
     if a.last_purchase_day >= 0:
         for t in rp.recency_days:  # ascending: the first one ahead is the earliest
-            if a.last_purchase_day + t + 1 > today:
-                ahead.append(a.last_purchase_day + t + 1)
+            d = a.last_purchase_day + t + 1
+            if d > today:
+                best = d
                 break
-    for d, _, _ in a.buckets:  # sorted by day: the first to leave the window comes first
-        if d + rp.window_days > today:
-            ahead.append(d + rp.window_days)
+    for first, _, _ in a.buckets:  # sorted by day: the first to leave the window comes first
+        d = first + rp.window_days
+        if d > today:
+            if best < 0 or d < best:
+                best = d
             break
-    ahead += lc.transition_days(a.purchase_history(), policy.lifecycle)
+    for d in lc.transition_days(a.purchase_history(), policy.lifecycle):
+        if d > today and (best < 0 or d < best):
+            best = d
     day_thresholds = policy.rules_for(brand).day_thresholds
     if day_thresholds:
         anchors = {
@@ -855,12 +861,9 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
             anchor = anchors[counter]
             if anchor >= 0:  # a threshold k flips `== k`, `>= k` ... on day anchor+k or +k+1
                 for k in thresholds:
-                    ahead.append(anchor + k)
-                    ahead.append(anchor + k + 1)
-    best = -1  # a loop, not min(..., default=): compiled, the builtin's keyword call cost ~6 %
-    for d in ahead:
-        if d > today and (best < 0 or d < best):
-            best = d
+                    for d in (anchor + k, anchor + k + 1):
+                        if d > today and (best < 0 or d < best):
+                            best = d
     return best * rfm.MS_PER_DAY if best >= 0 else DUE_NEVER
 
 
