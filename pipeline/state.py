@@ -780,28 +780,35 @@ _OTHER_FACTS = (
 
 
 _NONE_CHANGED: frozenset[str] = frozenset()
-# which of _OTHER_FACTS moved (a tuple of bools) -> their names: at most 2**7 entries
-_CHANGED_NAMES: dict[tuple[bool, ...], frozenset[str]] = {}
+# which of _OTHER_FACTS moved (bit i: the i-th) -> their names: at most 2**7 entries
+_CHANGED_NAMES: dict[int, frozenset[str]] = {}
 
 
 def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
-    # In the order of _OTHER_FACTS (tests/unit/test_state.py checks each): most events
-    # move none of these (a purchase, a chat from a brand's staff) or one (an inbound
-    # chat), and the names are built once.
-    moved = (
-        a.engagements != b.engagements,
-        a.shares != b.shares,
-        a.invitations != b.invitations,
-        a.converted_invitees != b.converted_invitees,
-        _subscribed(a) != _subscribed(b),
-        a.acquisition_channel != b.acquisition_channel,
-        a.acquisition_source != b.acquisition_source,
-    )
-    if not any(moved):
+    # A bit per fact, in the order of _OTHER_FACTS (tests/unit/test_state.py checks
+    # each): compiled, a C integer, where a tuple of bools was built and hashed per event.
+    # Most events move none of these (a purchase, a chat from a brand's staff) or one (an
+    # inbound chat), and the names are built once.
+    moved = 0
+    if a.engagements != b.engagements:
+        moved |= 1
+    if a.shares != b.shares:
+        moved |= 2
+    if a.invitations != b.invitations:
+        moved |= 4
+    if a.converted_invitees != b.converted_invitees:
+        moved |= 8
+    if _subscribed(a) != _subscribed(b):
+        moved |= 16
+    if a.acquisition_channel != b.acquisition_channel:
+        moved |= 32
+    if a.acquisition_source != b.acquisition_source:
+        moved |= 64
+    if moved == 0:
         return _NONE_CHANGED
     names = _CHANGED_NAMES.get(moved)
     if names is None:
-        names = frozenset([n for n, m in zip(_OTHER_FACTS, moved, strict=True) if m])
+        names = frozenset([n for i, n in enumerate(_OTHER_FACTS) if moved >> i & 1])
         _CHANGED_NAMES[moved] = names
     return names
 

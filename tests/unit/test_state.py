@@ -705,6 +705,10 @@ def test_the_facts_carried_forward_are_each_compared_under_their_own_name() -> N
         b = replace(a, **change)
         assert _changed_other_facts(b, a) == {fact}
         assert _same_scoring_inputs(b, a)
+    together = replace(a, **moves["shares"], **moves["acquisition_source"])
+    assert _changed_other_facts(together, a) == {"shares", "acquisition_source"}
+    everything = replace(a, **{k: v for change in moves.values() for k, v in change.items()})
+    assert _changed_other_facts(everything, a) == set(_OTHER_FACTS)
     scoring = {
         "first_seen": {"first_seen": T0 - DAY},
         "lifetime_orders": {"lifetime_orders": 1},
