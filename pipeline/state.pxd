@@ -40,6 +40,7 @@ cdef class Aggregates:
     cdef readonly long long last_join, last_leave, acquired_at
     cdef readonly object acquisition_channel, acquisition_source, referred_by
     cdef readonly long long referred_at, converted_invitees
+    @cython.locals(h=PurchaseHistory)
     cpdef PurchaseHistory purchase_history(self)
 
 cdef class Derived:

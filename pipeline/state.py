@@ -148,6 +148,13 @@ class Aggregates:
     def purchase_history(self) -> lc.PurchaseHistory | None:
         if self.lifetime_orders <= 0 or self.last_purchase_day < 0:
             return None
+        if cython.compiled:  # filled in C (the core asks up to three times per event)
+            h = lc.PurchaseHistory.__new__(lc.PurchaseHistory)
+            h.orders = self.lifetime_orders
+            h.first_day = self.first_purchase_day
+            h.last_day = self.last_purchase_day
+            h.previous_day = self.previous_purchase_day
+            return h
         return lc.PurchaseHistory(
             self.lifetime_orders,
             self.first_purchase_day,

@@ -661,6 +661,20 @@ def test_derived_values_are_the_same_to_the_core_exactly_when_they_are_equal() -
             assert _same_derived(other, base) is (other == base), name
 
 
+def test_the_purchase_history_is_the_aggregates_purchases() -> None:
+    """`Aggregates.purchase_history` (compiled: filled in C) gives the lifecycle each of
+    its fields from the aggregates' own."""
+    a = _every_field_set()
+    h = a.purchase_history()
+    assert type(h) is lifecycle.PurchaseHistory
+    assert h == lifecycle.PurchaseHistory(
+        a.lifetime_orders, a.first_purchase_day, a.last_purchase_day, a.previous_purchase_day
+    )
+    assert len({h.orders, h.first_day, h.last_day, h.previous_day}) == 4  # told apart
+    assert replace(a, lifetime_orders=0).purchase_history() is None
+    assert replace(a, last_purchase_day=-1).purchase_history() is None
+
+
 def test_a_draft_changes_the_fields_set_on_it_and_keeps_every_other() -> None:
     """The uncompiled build's draft (compiled, the draft is an Aggregates whose fields
     only the core's C code sets; its effects are held to this build's by the property
