@@ -104,8 +104,10 @@ def _facts_function() -> Callable[..., dict[str, Any]]:
 
 
 # facts_of(a, scores, segment, stage, life, today, window) -> {fact: value}: every fact by
-# name, for `BrandRules.evaluate`, explanations and tests (the core's evaluators read theirs).
+# name, for `BrandRules.evaluate` (rules built without a generated evaluator) and the
+# tests; the core's evaluators read only theirs.
 facts_of = _facts_function()
+
 # Facts that grow by one each day with no event: thresholds on them are due times.
 DAY_COUNTERS = ("days_since_last_purchase", "days_since_first_seen")
 

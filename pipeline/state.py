@@ -81,7 +81,7 @@ class Policy:
     brand_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # brand -> its rules (`rules_for`), kept as brands are met: no part of the value
     _rules_by_brand: dict[str, BrandRules] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
     def __post_init__(self) -> None:
