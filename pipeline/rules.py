@@ -206,7 +206,7 @@ class RuleBook:
     """Rules per brand; brands without their own use `default`."""
 
     default: BrandRules = BrandRules()
-    brands: dict[str, BrandRules] = field(default_factory=dict)  # a dict: state.pxd
+    brands: dict[str, BrandRules] = field(default_factory=dict)
     version: str = "builtin"
 
     def for_brand(self, brand: str) -> BrandRules:

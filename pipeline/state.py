@@ -513,8 +513,13 @@ def _top_two_days(days: set[int]) -> tuple[int, int]:
     return (ordered[0] if ordered else -1, ordered[1] if len(ordered) > 1 else -1)
 
 
-# Every effect sets the first/last-seen times (event time `t` taken in) in the same draft
-# as its own fields: one new Aggregates per event.
+def _seen_at(a: Aggregates, t: int) -> _Draft:
+    """A draft of `a` with event time `t` taken into the first/last-seen times: what every
+    event does, and where each effect starts (one new Aggregates per event)."""
+    n = _draft(a)
+    n.first_seen = min(a.first_seen, t)
+    n.last_seen = max(a.last_seen, t)
+    return n
 
 
 _BY_DAY_AND_ID = itemgetter(1, 0)  # an OrderRef's (day, order_id)
@@ -534,7 +539,7 @@ def _add_order(a: Aggregates, order_id: str, t: int, amount: int) -> Aggregates:
         orders = (*recent, (order_id, day, amount))
     else:
         orders = tuple(sorted((*recent, (order_id, day, amount)), key=_BY_DAY_AND_ID))
-    n = _draft(a)
+    n = _seen_at(a, t)
     n.lifetime_orders = a.lifetime_orders + 1
     n.lifetime_amount_minor = a.lifetime_amount_minor + amount
     n.first_purchase_day = day if a.first_purchase_day < 0 else min(a.first_purchase_day, day)
@@ -542,8 +547,6 @@ def _add_order(a: Aggregates, order_id: str, t: int, amount: int) -> Aggregates:
     n.previous_purchase_day = previous
     n.buckets = rfm.add_purchase(a.buckets, day, 1, amount)
     n.recent_orders = orders[-RECENT_ORDERS_KEPT:]
-    n.first_seen = min(a.first_seen, t)
-    n.last_seen = max(a.last_seen, t)
     return _sealed(n)
 
 
@@ -609,9 +612,7 @@ def _on_chat(a: Aggregates, e: Touchpoint) -> Aggregates:
     if p.direction != "inbound":
         return _on_other(a, e)  # a brand's own message says nothing of the customer's interest
     t = e.occurred_at
-    n = _draft(a)
-    n.first_seen = min(a.first_seen, t)
-    n.last_seen = max(a.last_seen, t)
+    n = _seen_at(a, t)
     n.engagements = a.engagements + 1
     return _sealed(n)
 
@@ -620,9 +621,7 @@ def _on_share(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Share)
     t = e.occurred_at
-    n = _draft(a)
-    n.first_seen = min(a.first_seen, t)
-    n.last_seen = max(a.last_seen, t)
+    n = _seen_at(a, t)
     n.engagements = a.engagements + 1
     n.shares = a.shares + 1
     n.invitations = a.invitations + (1 if p.invitee is not None else 0)
@@ -633,9 +632,7 @@ def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Join)
     t = e.occurred_at
-    n = _draft(a)
-    n.first_seen = min(a.first_seen, t)
-    n.last_seen = max(a.last_seen, t)
+    n = _seen_at(a, t)
     n.last_join = max(a.last_join, t)
     if p.referrer is not None and (a.referred_at < 0 or t < a.referred_at):
         n.referred_by, n.referred_at = seed_of(p.referrer), t
@@ -647,9 +644,7 @@ def _on_join(a: Aggregates, e: Touchpoint) -> Aggregates:
 def _on_leave(a: Aggregates, e: Touchpoint) -> Aggregates:
     assert isinstance(e.payload, Leave)
     t = e.occurred_at
-    n = _draft(a)
-    n.first_seen = min(a.first_seen, t)
-    n.last_seen = max(a.last_seen, t)
+    n = _seen_at(a, t)
     n.last_leave = max(a.last_leave, t)
     return _sealed(n)
 
@@ -659,9 +654,7 @@ def _on_other(a: Aggregates, e: Touchpoint) -> Aggregates:
     t = e.occurred_at
     if a.first_seen <= t <= a.last_seen:
         return a
-    n = _draft(a)
-    n.first_seen = min(a.first_seen, t)
-    n.last_seen = max(a.last_seen, t)
+    n = _seen_at(a, t)
     return _sealed(n)
 
 
