@@ -95,15 +95,36 @@ def registered_rule_sources() -> list[Any]:
 # -- the build ------------------------------------------------------------------------------
 
 _DECLARED = re.compile(r"^cdef class (\w+)", re.MULTILINE)
+_UNTRACKED = re.compile(r"^@cython\.no_gc\ncdef class (\w+)", re.MULTILINE)
 
 
 def declared_classes(pxd: str) -> list[str]:
     return _DECLARED.findall(pxd)
 
 
-def as_extension_types(source: str, classes: Sequence[str]) -> str:
+def untracked_classes(pxd: str) -> list[str]:
+    """The classes a `.pxd` marks `@cython.no_gc`: values whose fields hold only numbers,
+    strings, tuples of them and other such values, so no reference cycle can pass through
+    one. Built so, an object skips the cycle collector's list on every allocation and
+    free, and never triggers or takes part in a collection (~4 % of the core's work,
+    docs/compiled-core.md). Cython reads this directive only in the `.py`, on a class it
+    knows to be an extension type there: the build puts it there (`as_extension_types`)."""
+    return _UNTRACKED.findall(pxd)
+
+
+_CYTHON_IMPORT = re.compile(r"^(?:import cython|    import cython)$", re.MULTILINE)
+_FUTURE_IMPORT = re.compile(r"^from __future__ import annotations\n", re.MULTILINE)
+
+
+def as_extension_types(source: str, classes: Sequence[str], untracked: Sequence[str] = ()) -> str:
     """`source` with `@fast_init` and `slots=True` taken off each of `classes` that is a
-    dataclass (decorated `@dataclass(...)` right above `class Name`)."""
+    dataclass (decorated `@dataclass(...)` right above `class Name`), and those of them
+    in `untracked` made extension types without the cycle collector's support
+    (`untracked_classes`)."""
+    if untracked and not _CYTHON_IMPORT.search(source):
+        future = _FUTURE_IMPORT.search(source)
+        at = future.end() if future else 0
+        source = f"{source[:at]}import cython\n{source[at:]}"
     for name in classes:
         pattern = re.compile(
             rf"^(?:@fast_init\n)?@dataclass(?:\((?P<args>[^)]*)\))?\n(?P<cls>class {name}\b)",
@@ -111,14 +132,18 @@ def as_extension_types(source: str, classes: Sequence[str]) -> str:
         )
         found = pattern.findall(source)
         if not found and len(re.findall(rf"^class {name}\b", source, re.MULTILINE)) == 1:
+            if name in untracked:
+                raise ValueError(f"{name}: no_gc is put on the declared dataclasses only")
             continue  # a plain class (no dataclass decorator): compiled as it is
         if len(found) != 1:
             raise ValueError(f"{name}: expected one class, found {len(found)}")
 
-        def strip(match: re.Match[str]) -> str:
+        def strip(match: re.Match[str], untracked_here: bool = name in untracked) -> str:
             args = [a.strip() for a in (match["args"] or "").split(",") if a.strip()]
             kept = [a for a in args if a != "slots=True"]
             decorator = f"@dataclass({', '.join(kept)})" if kept else "@dataclass"
+            if untracked_here:  # in this order, or Cython refuses the directive
+                decorator = f"@cython.no_gc\n@cython.cclass\n{decorator}"
             return f"{decorator}\n{match['cls']}"
 
         source = pattern.sub(strip, source)
@@ -140,7 +165,10 @@ def build(package_dir: Path = PACKAGE_DIR, sidecar: Path = SIDECAR) -> list[Path
             pxd = (package_dir / f"{m}.pxd").read_text()
             source = (package_dir / f"{m}.py").read_text()
             (staged / f"{m}.pxd").write_text(pxd)
-            (staged / f"{m}.py").write_text(as_extension_types(source, declared_classes(pxd)))
+            extension_types = as_extension_types(
+                source, declared_classes(pxd), untracked_classes(pxd)
+            )
+            (staged / f"{m}.py").write_text(extension_types)
             digests[m] = source_digest(m, package_dir)
         (staged / f"{READERS_MODULE}.py").write_text(readers_module_source(registered_schemas()))
         (staged / f"{WRITERS_MODULE}.py").write_text(writers_module_source(registered_writers()))

@@ -2,12 +2,17 @@
 # (docs/compiled-core.md). Integers are `long long` where the Avro schemas say `long`;
 # anything else a field may hold is `object`: a `str` or `tuple` here would refuse the
 # subclasses (a StrEnum member) the uncompiled module takes.
+import cython
 
+# `@cython.no_gc`: a value class (numbers, strings, tuples and other values only: no
+# reference cycle can pass through one), built without the cycle collector's support
+# (compiled_core.untracked_classes).
 cdef class LifecyclePolicy:
     cdef readonly long long new_days, at_risk_days, rhythm_min_orders
     cdef readonly object rhythm_factor
     cdef readonly long long rhythm_floor_days, dormant_days, churned_days, won_back_days
 
+@cython.no_gc
 cdef class PurchaseHistory:
     cdef readonly long long orders, first_day, last_day, previous_day
 

@@ -6,14 +6,19 @@ import cython
 
 cdef long long _DAY_MS
 
+# `@cython.no_gc`: a value class (numbers, strings, tuples and other values only: no
+# reference cycle can pass through one), built without the cycle collector's support
+# (compiled_core.untracked_classes).
 cdef class RfmPolicy:
     cdef readonly long long window_days
     cdef readonly object recency_days, frequency_orders, monetary_minor
     cdef readonly long long high_score
 
+@cython.no_gc
 cdef class RfmScores:
     cdef readonly long long r, f, m, recency_days, orders, amount_minor
 
+@cython.no_gc
 cdef class Window:
     cdef readonly long long orders, amount_minor
 

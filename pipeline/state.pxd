@@ -14,6 +14,9 @@ from pipeline.stages cimport AiplPolicy
 
 cdef long long _DUE_UNKNOWN, _DUE_NEVER
 
+# `@cython.no_gc`: a value class (numbers, strings, tuples and other values only: no
+# reference cycle can pass through one), built without the cycle collector's support
+# (compiled_core.untracked_classes).
 cdef class Policy:
     cdef readonly RfmPolicy rfm
     cdef readonly AiplPolicy aipl
@@ -29,9 +32,11 @@ cdef class Policy:
     cpdef RfmPolicy rfm_for(self, object brand)
     cpdef object rules_for(self, object brand)
 
+@cython.no_gc
 cdef class Scores:
     cdef readonly long long r, f, m
 
+@cython.no_gc
 cdef class Aggregates:
     cdef readonly long long first_seen, last_seen, engagements, shares, invitations
     cdef readonly long long lifetime_orders, lifetime_amount_minor
@@ -43,10 +48,12 @@ cdef class Aggregates:
     @cython.locals(h=PurchaseHistory)
     cpdef PurchaseHistory purchase_history(self)
 
+@cython.no_gc
 cdef class Derived:
     cdef readonly Scores scores
     cdef readonly object rfm_segment, aipl_stage, lifecycle, tags, layers, window
 
+@cython.no_gc
 cdef class PersonState:
     cdef readonly long long version, seq, last_offset, as_of
     cdef readonly object recent_event_ids
@@ -55,6 +62,7 @@ cdef class PersonState:
     cdef readonly object source_offsets
     cdef readonly long long due
 
+@cython.no_gc
 cdef class SegmentChange:
     cdef readonly object brand, person_id, dimension, from_value, to_value, rule
     cdef readonly object cause_event_id

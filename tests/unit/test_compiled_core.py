@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.compiled_core import as_extension_types, declared_classes
+from pipeline.compiled_core import as_extension_types, declared_classes, untracked_classes
 from pipeline.core_loader import (
     INTERPRETED_ENV,
     MODULES,
@@ -254,6 +254,82 @@ def test_the_build_takes_slots_and_fast_init_off_the_declared_classes_only() -> 
     assert "@dataclass\nclass Engine:" in out
     assert 'class Plain:\n    __slots__ = ("a",)' in out
     assert "@dataclass(frozen=True, slots=True)\nclass Undeclared:" in out  # not in the .pxd
+
+
+def test_the_build_makes_the_untracked_classes_extension_types_without_gc_support() -> None:
+    source = "from __future__ import annotations\n\nfrom dataclasses import dataclass\n" + CLASSES
+    out = as_extension_types(source, ["Value", "Policyish", "Engine"], ["Value"])
+    # Cython takes the directive in this order only (cclass first, on a known extension type)
+    assert "@cython.no_gc\n@cython.cclass\n@dataclass(frozen=True)\nclass Value:" in out
+    assert "\n@dataclass(frozen=True)\nclass Policyish:" in out
+    assert "no_gc\n@cython.cclass\n@dataclass(frozen=True)\nclass Policyish" not in out
+    assert out.startswith("from __future__ import annotations\nimport cython\n")
+    already = as_extension_types("import cython\n" + CLASSES, ["Value"], ["Value"])
+    assert already.count("import cython") == 1
+    with pytest.raises(ValueError, match="Plain"):
+        as_extension_types(CLASSES, ["Plain"], ["Plain"])
+
+
+def test_a_pxd_marks_its_untracked_classes_by_the_directive_above_them() -> None:
+    pxd = "import cython\n\n@cython.no_gc\ncdef class A:\n    pass\n\ncdef class B:\n    pass\n"
+    assert declared_classes(pxd) == ["A", "B"]
+    assert untracked_classes(pxd) == ["A"]
+
+
+def _untracked_by_module() -> dict[str, list[str]]:
+    return {m: untracked_classes((ROOT / "pipeline" / f"{m}.pxd").read_text()) for m in MODULES}
+
+
+def test_the_core_values_are_built_without_gc_support() -> None:
+    import gc
+
+    if not core_is_compiled():
+        pytest.skip("needs the compiled core (make venv builds it)")
+    untracked = _untracked_by_module()
+    assert "PersonState" in untracked["state"] and "Touchpoint" in untracked["events"]
+    for m, names in untracked.items():
+        module = importlib.import_module(f"pipeline.{m}")
+        for name in names:
+            has_gc = bool(getattr(module, name).__flags__ & (1 << 14))  # Py_TPFLAGS_HAVE_GC
+            assert not has_gc, f"{m}.{name}"
+    from pipeline import state
+
+    # one with object fields, not marked (its rules cache may hold anything): tracked
+    assert not gc.is_tracked(state.Aggregates()) and gc.is_tracked(state.Policy())
+
+
+def test_the_untracked_classes_hold_values_only_so_no_cycle_can_pass_through_them() -> None:
+    """What no_gc asks of a class (compiled_core.untracked_classes), checked on what a
+    real run builds: everything reachable from its states, changes and events is a number,
+    a string, None, a tuple, or another untracked object. A list, dict or set field (or
+    any object the collector tracks) would let a cycle through, one never freed."""
+    import dataclasses
+
+    from bench.workload import build
+    from pipeline.engine import PartitionEngine
+    from pipeline.settings import Settings
+
+    untracked = {name for names in _untracked_by_module().values() for name in names}
+    w = build(1_000, 300, b"test-untracked-classes", 1_750_000_000_000, 365, seed=5)
+    engine = PartitionEngine(Settings().policy(), {}, 0)
+    roots: list[object] = list(w.events)
+    for event, person_id in zip(w.events, w.person_ids, strict=True):
+        roots += engine.on_event(event, person_id).changes
+    roots += engine.store.values()
+    seen: set[str] = set()
+    stack = roots
+    while stack:
+        obj = stack.pop()
+        name = type(obj).__name__
+        if isinstance(obj, (int, str, float)) or obj is None:
+            continue
+        if isinstance(obj, tuple):
+            stack.extend(obj)
+            continue
+        assert name in untracked, f"an untracked class holds a {name}: {obj!r}"
+        seen.add(name)
+        stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+    assert {"PersonState", "Aggregates", "Derived", "SegmentChange", "Touchpoint"} <= seen
 
 
 def test_the_build_refuses_a_declared_class_it_cannot_find() -> None:
