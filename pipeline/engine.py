@@ -163,7 +163,7 @@ class PartitionEngine:
         if source is not None and core.is_forwarded_again(old, source):
             out.redelivered = True  # forwarded again by a resolver that restarted
             return
-        if old is not None and event.event_id in old.recent_event_ids:  # core.is_duplicate
+        if old is not None and core.holds_id(old.recent_event_ids, event.event_id):
             out.duplicate = True
             return
         new, changes = core.apply_new(old, event, person_id, self.policy, offset, source)
@@ -182,7 +182,7 @@ class PartitionEngine:
         A repeat (redelivery) is recognised by the invitee, among the recent ids."""
         key = core.state_key(brand, referrer).encode()
         old = self.store.get(key)
-        if old is not None and core.referral_id(invitee) in old.recent_event_ids:
+        if old is not None and core.holds_id(old.recent_event_ids, core.referral_id(invitee)):
             out.duplicate = True
             return
         new, changes = core.apply_referral(old, brand, referrer, invitee, at, self.policy)

@@ -121,6 +121,8 @@ cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object perso
 @cython.locals(sa=Scores, sb=Scores)
 cpdef bint _same_derived(Derived a, Derived b)
 cpdef bint _holds_at(PersonState s, long long now)
+@cython.locals(h=cython.Py_hash_t)
+cpdef bint holds_id(tuple ids, object event_id)
 cpdef tuple advance(PersonState state, object brand, object person_id, object now, Policy policy)
 cpdef bint is_forwarded_again(PersonState state, object source)
 @cython.locals(a=Aggregates, t=cython.longlong)

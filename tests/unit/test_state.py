@@ -747,3 +747,29 @@ def test_policy_rules_for_is_the_rule_books_choice_of_brand_rules() -> None:
     policy = Policy(rules=book)
     assert policy.rules_for("lumi") is book.for_brand("lumi") is book.brands["lumi"]
     assert policy.rules_for("other") is book.for_brand("other") is book.default
+
+
+class _Id(str):
+    """A str subclass: compared as text, whatever it hashes to."""
+
+    def __hash__(self) -> int:
+        return 7
+
+
+_ids = hs.text(alphabet="ab-1", max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=hs.lists(
+        hs.one_of(_ids, _ids.map(_Id), hs.sampled_from(list(stages.AiplStage))), max_size=6
+    ),
+    wanted=hs.one_of(_ids, _ids.map(_Id), hs.sampled_from(list(stages.AiplStage))),
+)
+def test_holds_id_is_in_for_any_strings_and_subclasses(ids: list[str], wanted: str) -> None:
+    from pipeline.state import holds_id
+
+    recent = tuple(ids)
+    assert holds_id(recent, wanted) == (wanted in recent)
+    # the same text in another object (as decoded from the changelog): still found
+    assert holds_id((*recent, "".join(list(str(wanted)))), str(wanted))
