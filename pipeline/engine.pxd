@@ -16,12 +16,16 @@ cdef class PartitionEngine:
     cdef public object store
     cdef public long long allowed_lateness_ms
     cdef public object max_event_time
-    cdef public list _due
+    cdef public list _due_times
+    cdef public dict _due_keys
+    cdef public Py_ssize_t _entries
 
+    @cython.locals(keys=list)
     cpdef schedule(self, object key, PersonState s)
     cpdef rescheduled(self, object key, PersonState old, PersonState new)
-    @cython.locals(s=PersonState)
+    @cython.locals(s=PersonState, keys=list, times=list)
     cpdef list fire_due(self, object now, object written=*)
+    @cython.locals(times=list)
     cpdef Outcome on_event(self, Touchpoint event, object person_id, object offset=*, Outcome out=*, object source=*)
     @cython.locals(old=PersonState, new=PersonState)
     cpdef _apply(self, Touchpoint event, object person_id, object offset, Outcome out, object own_brand, object source)

@@ -6,8 +6,15 @@ rebuild`, the tests and the benchmark use the same class over a plain dict.
 Time is event time: a partition's *watermark* is the latest event time seen on it minus
 the allowed lateness. A customer who stops buying moves to at risk, dormant, churned when
 the watermark passes their due time — without an event from them and without scanning
-everyone: a heap of (due time, key) holds the next due time of every person. Entries are
-never updated in place; a stale one (the person's due time moved) is skipped on pop.
+everyone: the due-time index holds the next due time of every person. Entries are never
+updated in place; a stale one (the person's due time moved) is skipped when its time comes.
+
+Due times fall on day boundaries (`state.compute_due`), so many people share one: the
+index is a heap of the distinct due times, each with the keys due then, not a heap of
+(due time, key) pairs. A push is a dict lookup and a list append, where a pair heap took
+a tuple and a sift of tuple compares per push and per pop (~6 % of the core's work). A
+due time's keys fire in key order, as the pair heap fired them: the order of the changes
+does not depend on the order the index was filled in (events, or a recovered table).
 
 Determinism: `state.apply` first applies a person's own due times before an event, so a
 person's segment changes depend only on their events in partition order — not on when
@@ -50,7 +57,9 @@ class PartitionEngine:
     store: Store
     allowed_lateness_ms: int = 0
     max_event_time: int | None = None
-    _due: list[tuple[int, bytes]] = field(default_factory=list)
+    _due_times: list[int] = field(default_factory=list)  # a heap of the due times held
+    _due_keys: dict[int, list[bytes]] = field(default_factory=dict)  # due time -> keys
+    _entries: int = 0  # keys held, stale ones included
 
     @property
     def watermark(self) -> int | None:
@@ -61,7 +70,7 @@ class PartitionEngine:
     @property
     def backlog(self) -> int:
         """Entries in the due-time index (including stale ones not yet popped)."""
-        return len(self._due)
+        return self._entries
 
     def schedule(self, key: bytes, s: core.PersonState) -> None:
         due = s.due  # cached when the state was derived here
@@ -69,7 +78,13 @@ class PartitionEngine:
             brand, _ = core.split_state_key(key.decode())
             due = core.compute_due(s.agg, s.as_of, brand, self.policy)
         if due != core.DUE_NEVER:
-            heapq.heappush(self._due, (due, key))
+            keys = self._due_keys.get(due)
+            if keys is None:
+                self._due_keys[due] = [key]
+                heapq.heappush(self._due_times, due)
+            else:
+                keys.append(key)
+            self._entries += 1
 
     def rescheduled(self, key: bytes, old: core.PersonState | None, new: core.PersonState) -> None:
         """`schedule` the state `new` that replaced `old` under `key`, unless it is due
@@ -85,7 +100,9 @@ class PartitionEngine:
 
     def index(self, items: Iterable[tuple[bytes, core.PersonState]]) -> None:
         """(Re)build the due-time index, e.g. from a recovered table."""
-        self._due.clear()
+        self._due_times.clear()
+        self._due_keys.clear()
+        self._entries = 0
         for key, s in items:
             self.schedule(key, s)
 
@@ -105,20 +122,25 @@ class PartitionEngine:
     def fire_due(self, now: int, written: list[bytes] | None = None) -> list[core.SegmentChange]:
         """Apply every due time up to `now` (ms); return the changes."""
         changes: list[core.SegmentChange] = []
-        while self._due and self._due[0][0] <= now:
-            due, key = heapq.heappop(self._due)
-            s = self.store.get(key)
-            if s is None:
-                continue  # the person moved to another worker
-            brand, person_id = core.split_state_key(key.decode())
-            if core.next_due(s, brand, self.policy) != due:
-                continue  # stale: an event moved this person's due time
-            s, more = core.advance(s, brand, person_id, due, self.policy)
-            self.store[key] = s
-            self.schedule(key, s)
-            if written is not None:
-                written.append(key)
-            changes += more
+        times = self._due_times
+        while times and times[0] <= now:
+            due = heapq.heappop(times)
+            keys = self._due_keys.pop(due)
+            self._entries -= len(keys)
+            keys.sort()  # key order (see the module's docstring)
+            for key in keys:
+                s = self.store.get(key)
+                if s is None:
+                    continue  # the person moved to another worker
+                brand, person_id = core.split_state_key(key.decode())
+                if core.next_due(s, brand, self.policy) != due:
+                    continue  # stale: an event moved this person's due time
+                s, more = core.advance(s, brand, person_id, due, self.policy)
+                self.store[key] = s
+                self.schedule(key, s)  # a later due time: another entry, never in `keys`
+                if written is not None:
+                    written.append(key)
+                changes += more
         return changes
 
     def on_event(
@@ -137,8 +159,8 @@ class PartitionEngine:
             self.max_event_time = t
         wm = self.max_event_time - self.allowed_lateness_ms  # self.watermark, inline
         out.late = t < wm
-        due = self._due
-        if due and due[0][0] <= wm:  # most events find nothing due: no call, no list
+        times = self._due_times
+        if times and times[0] <= wm:  # most events find nothing due: no call, no list
             out.changes += self.fire_due(wm, out.written)
         # The brand's own view, then each brand group's (cross-brand) view of the person.
         self._apply(event, person_id, offset, out, True, source)

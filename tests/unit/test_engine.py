@@ -373,3 +373,33 @@ def test_a_referred_first_purchase_credits_the_referrer_and_makes_a_koc() -> Non
     replayed = Outcome()
     engine.on_referral("lumi", referrer, "pi", T0 + DAY, replayed)
     assert replayed.duplicate and replayed.changes == []
+
+
+def test_people_due_at_the_same_time_fire_in_key_order_however_the_index_was_filled() -> None:
+    """Due times fall on day boundaries and are shared: the index holds each time's keys.
+    They fire in key order, the same for a live engine (filled as events came) and for
+    one indexed from a recovered table in another order; stale entries are counted in the
+    backlog until their time comes, then dropped."""
+    live = PartitionEngine(POLICY, {}, allowed_lateness_ms=0)
+    for person in ("pc", "pa", "pd", "pb"):  # same day, so the same due times
+        buy = Purchase(f"o-{person}", 30_000)
+        live.on_event(_ev(f"b-{person}", person, EventType.PURCHASE, buy, T0), person)
+    assert len({s.due for s in live.store.values()}) == 1
+    # pd buys again a day later: its first entry is stale, a second one is pushed
+    live.on_event(_ev("b2", "pd", EventType.PURCHASE, Purchase("o2", 9), T0 + DAY), "pd")
+    assert live.backlog == 5
+    recovered = PartitionEngine(POLICY, dict(reversed(list(live.store.items()))), 0)
+    recovered.index(recovered.store.items())
+    assert recovered.backlog == 4  # one entry per person: none stale
+    first_due = live.store[b"lumi:pa"].due
+    fired = live.advance_to(T0 + 100 * DAY)
+    assert fired == recovered.advance_to(T0 + 100 * DAY)
+    by_time: dict[int, list[str]] = {}
+    for c in fired:
+        by_time.setdefault(c.event_time, []).append(c.person_id)
+    assert len(by_time) > 1 and any(len(set(p)) > 1 for p in by_time.values())
+    assert all(p == sorted(p) for p in by_time.values()), by_time
+    # pd, due a day later than the others since its second purchase, moves a day later
+    assert set(by_time[min(by_time)]) == {"pa", "pb", "pc"}
+    assert first_due < min(by_time) and live.store[b"lumi:pd"].as_of > first_due
+    assert live.backlog == recovered.backlog
