@@ -11,6 +11,11 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
+try:
+    import cython
+except ImportError:  # not installed (a runtime without the build's tools): plain Python
+    from pipeline import _no_cython as cython
+
 from pipeline.frozen import fast_init
 
 MS_PER_DAY = 86_400_000
@@ -53,6 +58,11 @@ _SEGMENT_BY_HIGH: dict[tuple[bool, bool, bool], RfmSegment] = {
     (False, True, False): RfmSegment.GENERAL_KEEP,
     (False, False, False): RfmSegment.GENERAL_RETAIN,
 }
+# The same, indexed by the three as bits (4: R high, 2: F high, 1: M high): compiled, a
+# tuple indexed by a C integer, where the dict's key was a tuple of bools built and hashed.
+_SEGMENT_BY_BITS: tuple[RfmSegment, ...] = tuple(
+    _SEGMENT_BY_HIGH[(bool(bits & 4), bool(bits & 2), bool(bits & 1))] for bits in range(8)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +150,26 @@ def window(buckets: tuple[Bucket, ...], today: int, policy: RfmPolicy) -> Window
         if first <= d <= today:
             orders += o
             amount += a
+    if cython.compiled:  # the fields set in C: calling the class boxes and parses them
+        n = Window.__new__(Window)
+        n.orders = orders
+        n.amount_minor = amount
+        return n
     return Window(orders, amount)
 
 
 def score_window(w: Window, last_purchase_day: int, today: int, policy: RfmPolicy) -> RfmScores:
     """R, F and M scores at `today` of a customer with window totals `w`."""
     recency = max(0, today - last_purchase_day)
+    if cython.compiled:  # C loops over the four thresholds, the result's fields set in C
+        n = RfmScores.__new__(RfmScores)
+        n.r = 5 - _below(policy.recency_days, recency)
+        n.f = 1 + _at_or_below(policy.frequency_orders, w.orders)
+        n.m = 1 + _at_or_below(policy.monetary_minor, w.amount_minor)
+        n.recency_days = recency
+        n.orders = w.orders
+        n.amount_minor = w.amount_minor
+        return n
     return RfmScores(
         r=5 - bisect_left(policy.recency_days, recency),
         f=1 + bisect_right(policy.frequency_orders, w.orders),
@@ -154,6 +178,26 @@ def score_window(w: Window, last_purchase_day: int, today: int, policy: RfmPolic
         orders=w.orders,
         amount_minor=w.amount_minor,
     )
+
+
+def _below(thresholds: tuple[int, ...], value: int) -> int:
+    """`bisect_left(thresholds, value)` (ascending thresholds): how many are below."""
+    n = 0
+    for t in thresholds:
+        if t >= value:
+            break
+        n += 1
+    return n
+
+
+def _at_or_below(thresholds: tuple[int, ...], value: int) -> int:
+    """`bisect_right(thresholds, value)` (ascending thresholds): how many are at or below."""
+    n = 0
+    for t in thresholds:
+        if t > value:
+            break
+        n += 1
+    return n
 
 
 def score(
@@ -165,7 +209,8 @@ def score(
 
 def segment(scores: RfmScores, policy: RfmPolicy) -> RfmSegment:
     high = policy.high_score
-    return _SEGMENT_BY_HIGH[(scores.r >= high, scores.f >= high, scores.m >= high)]
+    bits = (4 if scores.r >= high else 0) | (2 if scores.f >= high else 0)
+    return _SEGMENT_BY_BITS[bits | (1 if scores.m >= high else 0)]
 
 
 def _ascending(values: list[float], floor: int) -> tuple[int, int, int, int]:

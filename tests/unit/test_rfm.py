@@ -380,3 +380,23 @@ def test_quantile_thresholds_split_buyers_in_fifths_and_stay_strictly_ascending(
 
     with pytest.raises(ValueError, match="four quantiles"):
         policy_from_quantiles(base, [1, 2], [1, 2, 3, 4], [1, 2, 3, 4])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policies, st.integers(0, 500), st.integers(0, 500), st.integers(0, 500_000), st.integers(0, 600)
+)
+def test_scores_are_the_thresholds_passed_counted_as_bisection_counts_them(
+    policy: RfmPolicy, orders: int, days_ago: int, amount: int, today: int
+) -> None:
+    """Compiled, the scores count thresholds in C loops; by definition they are positions
+    by bisection (at a threshold: recency scores up, frequency and monetary score up)."""
+    from bisect import bisect_left, bisect_right
+
+    s = rfm.score_window(rfm.Window(orders, amount), today - days_ago, today, policy)
+    assert s.r == 5 - bisect_left(policy.recency_days, days_ago)
+    assert s.f == 1 + bisect_right(policy.frequency_orders, orders)
+    assert s.m == 1 + bisect_right(policy.monetary_minor, amount)
+    assert (s.recency_days, s.orders, s.amount_minor) == (days_ago, orders, amount)
+    high = policy.high_score
+    assert rfm.segment(s, policy) == rfm._SEGMENT_BY_HIGH[(s.r >= high, s.f >= high, s.m >= high)]
