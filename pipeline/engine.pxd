@@ -25,7 +25,7 @@ cdef class PartitionEngine:
     cpdef rescheduled(self, object key, PersonState old, PersonState new)
     @cython.locals(s=PersonState, keys=list, times=list)
     cpdef list fire_due(self, object now, object written=*)
-    @cython.locals(times=list)
+    @cython.locals(times=list, t=cython.longlong, latest=cython.longlong, wm=cython.longlong)
     cpdef Outcome on_event(self, Touchpoint event, object person_id, object offset=*, Outcome out=*, object source=*)
     @cython.locals(old=PersonState, new=PersonState)
     cpdef _apply(self, Touchpoint event, object person_id, object offset, Outcome out, object own_brand, object source)

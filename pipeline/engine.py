@@ -155,9 +155,17 @@ class PartitionEngine:
         `source`: the (events partition, offset) the resolver forwarded it from."""
         out = out if out is not None else Outcome()
         t = event.occurred_at
-        if self.max_event_time is None or t > self.max_event_time:
+        # the clock as a C integer here (compiled); the attribute (None before any event)
+        # is written only when it moves
+        if self.max_event_time is None:
+            latest = t
             self.max_event_time = t
-        wm = self.max_event_time - self.allowed_lateness_ms  # self.watermark, inline
+        else:
+            latest = self.max_event_time
+            if t > latest:
+                latest = t
+                self.max_event_time = t
+        wm = latest - self.allowed_lateness_ms  # self.watermark, inline
         out.late = t < wm
         times = self._due_times
         if times and times[0] <= wm:  # most events find nothing due: no call, no list

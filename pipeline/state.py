@@ -960,10 +960,8 @@ def _recompute(
     if same_policy and _holds_at(s, now) and _same_scoring_inputs(agg, s.agg):
         due = s.due
         changed = _changed_other_facts(agg, s.agg)
-        if changed:
-            derived = derive(agg, brand, now, policy, scored=s.derived, changed=changed)
-        else:
-            derived = s.derived
+        # positional: compiled, keywords would make it a call through Python
+        derived = derive(agg, brand, now, policy, s.derived, changed) if changed else s.derived
     else:
         derived = derive(agg, brand, now, policy)
         due = compute_due(agg, now, brand, policy)
