@@ -75,7 +75,7 @@ class PartitionEngine:
     def schedule(self, key: bytes, s: core.PersonState) -> None:
         due = s.due  # cached when the state was derived here
         if due == core.DUE_UNKNOWN:  # e.g. decoded from the changelog
-            brand, _ = core.split_state_key(key.decode())
+            brand, _ = core.split_table_key(key)
             due = core.compute_due(s.agg, s.as_of, brand, self.policy)
         if due != core.DUE_NEVER:
             keys = self._due_keys.get(due)
@@ -112,7 +112,7 @@ class PartitionEngine:
             s = self.store.get(key)
             if s is None:
                 continue
-            brand, person_id = core.split_state_key(key.decode())
+            brand, person_id = core.split_table_key(key)
             s, changes = core.reassess(s, brand, person_id, self.policy)
             self.store[key] = s
             self.schedule(key, s)
@@ -132,7 +132,7 @@ class PartitionEngine:
                 s = self.store.get(key)
                 if s is None:
                     continue  # the person moved to another worker
-                brand, person_id = core.split_state_key(key.decode())
+                brand, person_id = core.split_table_key(key)
                 if core.next_due(s, brand, self.policy) != due:
                     continue  # stale: an event moved this person's due time
                 s, more = core.advance(s, brand, person_id, due, self.policy)
@@ -185,7 +185,7 @@ class PartitionEngine:
         own_brand: bool,
         source: core.Source | None,
     ) -> None:
-        key = core.state_key(event.brand, person_id).encode()
+        key = core.table_key(event.brand, person_id)
         old = self.store.get(key)
         if old is not None and 0 <= offset <= old.last_offset:
             out.redelivered = True  # its effects are already in the state
@@ -210,7 +210,7 @@ class PartitionEngine:
     def on_referral(self, brand: str, referrer: str, invitee: str, at: int, out: Outcome) -> None:
         """Credit a converted invitee to a referrer whose state lives in this partition.
         A repeat (redelivery) is recognised by the invitee, among the recent ids."""
-        key = core.state_key(brand, referrer).encode()
+        key = core.table_key(brand, referrer)
         old = self.store.get(key)
         if old is not None and core.holds_id(old.recent_event_ids, core.referral_id(invitee)):
             out.duplicate = True

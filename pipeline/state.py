@@ -890,21 +890,22 @@ def _changes(
 ) -> list[SegmentChange]:
     book = policy.rules_for(brand)
     moves: list[tuple[str, str | None, str | None, str]] = []
-    # field by field, not getattr by name: compiled, these are C field reads
-    if before.rfm_segment != after.rfm_segment:
+    # field by field, not getattr by name: compiled, these are C field reads (and `is`
+    # first, as in _same_derived)
+    if before.rfm_segment is not after.rfm_segment and before.rfm_segment != after.rfm_segment:
         rule = _rule_of("rfm_segment", after, agg, brand, policy)
         moves.append(("rfm_segment", before.rfm_segment, after.rfm_segment, rule))
-    if before.aipl_stage != after.aipl_stage:
+    if before.aipl_stage is not after.aipl_stage and before.aipl_stage != after.aipl_stage:
         rule = _rule_of("aipl_stage", after, agg, brand, policy)
         moves.append(("aipl_stage", before.aipl_stage, after.aipl_stage, rule))
-    if before.lifecycle != after.lifecycle:
+    if before.lifecycle is not after.lifecycle and before.lifecycle != after.lifecycle:
         rule = _rule_of("lifecycle", after, agg, brand, policy)
         moves.append(("lifecycle", before.lifecycle, after.lifecycle, rule))
     # Most changes move a segment, stage or lifecycle only: the tag and layer diffs are
     # built only when those tuples differ. Tags are sorted and each once (Derived): a walk
     # over the few of them, in order, where sets and sorts cost ~3 % of the core's work.
     old_tags, new_tags = before.tags, after.tags
-    if old_tags != new_tags:
+    if old_tags is not new_tags and old_tags != new_tags:
         for tag in old_tags:
             if tag not in new_tags:
                 rule = book.explain_tag(tag)
@@ -912,7 +913,7 @@ def _changes(
         for tag in new_tags:
             if tag not in old_tags:
                 moves.append(("tag", None, tag, book.explain_tag(tag)))
-    if before.layers != after.layers:
+    if before.layers is not after.layers and before.layers != after.layers:
         old_layers, new_layers = dict(before.layers), dict(after.layers)
         for layer in sorted(old_layers.keys() | new_layers.keys()):
             b, a = old_layers.get(layer), new_layers.get(layer)
@@ -986,17 +987,19 @@ def _recompute(
 
 def _same_derived(a: Derived, b: Derived) -> bool:
     """`a == b`, field by field: compiled, C reads, where the dataclass's `==` builds and
-    compares a tuple of each one's fields (the window is no part of the value)."""
+    compares a tuple of each one's fields (the window is no part of the value). The values
+    are most often the same objects (the segment names are shared, a carried-forward
+    state keeps its tags): `is` first, a pointer compare, before Python's `==`."""
     sa, sb = a.scores, b.scores
     return (
         sa.r == sb.r
         and sa.f == sb.f
         and sa.m == sb.m
-        and a.rfm_segment == b.rfm_segment
-        and a.aipl_stage == b.aipl_stage
-        and a.lifecycle == b.lifecycle
-        and a.tags == b.tags
-        and a.layers == b.layers
+        and (a.rfm_segment is b.rfm_segment or a.rfm_segment == b.rfm_segment)
+        and (a.aipl_stage is b.aipl_stage or a.aipl_stage == b.aipl_stage)
+        and (a.lifecycle is b.lifecycle or a.lifecycle == b.lifecycle)
+        and (a.tags is b.tags or a.tags == b.tags)
+        and (a.layers is b.layers or a.layers == b.layers)
     )
 
 
@@ -1152,6 +1155,21 @@ def state_key(brand: str, person_id: str) -> str:
 
 def split_state_key(key: str) -> tuple[str, str]:
     brand, _, person_id = key.partition(":")
+    return brand, person_id
+
+
+def table_key(brand: str, person_id: str) -> bytes:
+    """`state_key(brand, person_id)` as the bytes the state table stores it under: made
+    and encoded in one step (compiled, as a C string, where `.encode()` on the key was a
+    method call through Python on every event)."""
+    key = f"{brand}:{person_id}"
+    return key.encode()
+
+
+def split_table_key(key: bytes) -> tuple[str, str]:
+    """(brand, person id) of a `table_key`."""
+    text = key.decode()
+    brand, _, person_id = text.partition(":")
     return brand, person_id
 
 

@@ -773,3 +773,13 @@ def test_holds_id_is_in_for_any_strings_and_subclasses(ids: list[str], wanted: s
     assert holds_id(recent, wanted) == (wanted in recent)
     # the same text in another object (as decoded from the changelog): still found
     assert holds_id((*recent, "".join(list(str(wanted)))), str(wanted))
+
+
+@settings(max_examples=200, deadline=None)
+@given(brand=hs.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True), person=hs.text(max_size=12))
+def test_table_key_is_the_state_key_encoded_and_splits_back(brand: str, person: str) -> None:
+    from pipeline.state import split_state_key, split_table_key, state_key, table_key
+
+    key = table_key(brand, person)
+    assert key == state_key(brand, person).encode()
+    assert split_table_key(key) == split_state_key(state_key(brand, person)) == (brand, person)
