@@ -698,6 +698,7 @@ def derive(
     policy: Policy,
     scored: Derived | None = None,
     changed: frozenset[str] | None = None,
+    prior: Derived | None = None,
 ) -> Derived:
     """Segments of a person with aggregates `a` at time `now` (ms).
 
@@ -707,7 +708,12 @@ def derive(
     its RFM window's totals when it has them (the buckets are the same and none left the
     window: that would have been a due time); and
     `changed`, the only facts that differ from those `scored` was derived on: when the
-    rules read none of them (nor a changed AIPL stage), `scored`'s tags and layers hold."""
+    rules read none of them (nor a changed AIPL stage), `scored`'s tags and layers hold.
+
+    And for a time step (a due time passed, the aggregates the same but for buckets that
+    left the window): `prior`, what they were derived on before. RFM, the stage and the
+    lifecycle are derived again; when the rules read none of what time moved
+    (`_moved_in_time`), `prior`'s tags and layers hold."""
     today = rfm.day_of(now)
     book = policy.rules_for(brand)
     window = None
@@ -741,12 +747,76 @@ def derive(
             if same_stage and window is scored.window:
                 return scored  # nothing it holds moved: the same object (no new one, no diff)
             return _new_derived(scores, segment, stage, life, scored.tags, scored.layers, window)
+    if (
+        prior is not None
+        and book.facts_used is not None
+        and book.facts_used.isdisjoint(_moved_in_time(prior, scores, segment, stage, life, window))
+    ):
+        return _new_derived(scores, segment, stage, life, prior.tags, prior.layers, window)
     generated = book.compiled  # the rules as one function of what is here (rules.py)
     if generated is not None:
         tags, layers = generated(a, scores, segment, stage, life, today, window)
     else:  # rules built by hand, without it: by their predicates
         tags, layers = book.evaluate(rules.facts_of(a, scores, segment, stage, life, today, window))
     return _new_derived(scores, segment, stage, life, tags, layers, window)
+
+
+# The facts time alone moves, as bits of `_moved_in_time` (tests/unit/test_state.py checks
+# that every other fact reads only what a time step leaves alone).
+_TIME_FACTS = (
+    "days_since_last_purchase",
+    "days_since_first_seen",
+    "r",
+    "f",
+    "m",
+    "rfm_segment",
+    "aipl_stage",
+    "lifecycle",
+    "window_orders",
+    "window_amount_minor",
+)
+_MOVED_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _moved_in_time(
+    prior: Derived,
+    scores: Scores,
+    segment: str | None,
+    stage: str,
+    life: str | None,
+    window: rfm.Window | None,
+) -> frozenset[str]:
+    """Which of `_TIME_FACTS` may differ between `prior` and these values derived later on
+    the same aggregates. The day counters always (a due time is a later day); the window's
+    totals when `prior`'s are not known (decoded) and there is a window now."""
+    moved = 3
+    p = prior.scores
+    if p.r != scores.r:
+        moved |= 4
+    if p.f != scores.f:
+        moved |= 8
+    if p.m != scores.m:
+        moved |= 16
+    if prior.rfm_segment != segment:
+        moved |= 32
+    if prior.aipl_stage != stage:
+        moved |= 64
+    if prior.lifecycle != life:
+        moved |= 128
+    w = prior.window
+    if w is not window:
+        if w is None or window is None:
+            moved |= 256 | 512
+        else:
+            if w.orders != window.orders:
+                moved |= 256
+            if w.amount_minor != window.amount_minor:
+                moved |= 512
+    names = _MOVED_NAMES.get(moved)
+    if names is None:
+        names = frozenset([n for i, n in enumerate(_TIME_FACTS) if moved >> i & 1])
+        _MOVED_NAMES[moved] = names
+    return names
 
 
 def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
@@ -953,6 +1023,7 @@ def _recompute(
     `s` still hold and are kept, and the rules run only if they read a fact that changed.
     `same_policy=False` (the policy changed) re-derives everything."""
     now = s.as_of if s.as_of > at else at
+    timed = agg is s.agg  # a time step (advance): only time moves, and trims the buckets
     trimmed = rfm.trim(agg.buckets, rfm.day_of(now), policy.rfm_for(brand).window_days)
     if trimmed is not agg.buckets:
         n = _draft(agg)
@@ -964,7 +1035,10 @@ def _recompute(
         # positional: compiled, keywords would make it a call through Python
         derived = derive(agg, brand, now, policy, s.derived, changed) if changed else s.derived
     else:
-        derived = derive(agg, brand, now, policy)
+        # a due time passed, or the policy changed: everything time moves derived again;
+        # after a time step, the rules' outcome is kept if they read none of it (`prior`)
+        prior = s.derived if timed and same_policy and s.version > 0 else None
+        derived = derive(agg, brand, now, policy, None, None, prior)
         due = compute_due(agg, now, brand, policy)
     changes = (
         _changes(s.derived, derived, agg, brand, person_id, cause, at, s.seq, policy)

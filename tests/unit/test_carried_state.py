@@ -8,6 +8,7 @@ and `compute_due` from scratch after every step, under rules that read every fac
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
@@ -28,6 +29,7 @@ from pipeline.rules import FACT_NAMES, compile_rules
 from pipeline.state import (
     PersonState,
     Policy,
+    advance,
     apply,
     apply_referral,
     compute_due,
@@ -178,3 +180,85 @@ def test_each_state_equals_the_one_derived_from_scratch(
             else:
                 s, _ = apply(s, e, PERSON, policy, i)
             _assert_like_from_scratch(s, policy)
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories, hs.lists(hs.integers(1, 60), min_size=1, max_size=8))
+def test_each_time_step_equals_the_state_derived_from_scratch(
+    events: list[tuple[str, Touchpoint]], gaps: list[int]
+) -> None:
+    """After the events, time alone: each due time reached by `advance` re-derives RFM,
+    the stage and the lifecycle, and keeps the rules' tags and layers when they read none
+    of what time moved (`state._moved_in_time`): under rules reading each fact alone,
+    every step must equal the state derived from scratch."""
+    for policy in POLICIES:
+        s: PersonState | None = None
+        for i, (kind, e) in enumerate(events):
+            if kind == "referral":
+                s, _ = apply_referral(s, BRAND, PERSON, f"invitee-{i}", e.occurred_at, policy)
+            else:
+                s, _ = apply(s, e, PERSON, policy, i)
+        assert s is not None
+        at = s.as_of
+        for gap in gaps:
+            at += gap * DAY
+            s, _ = advance(s, BRAND, PERSON, at, policy)
+            _assert_like_from_scratch(s, policy)
+
+
+def test_the_facts_time_moves_are_all_the_facts_read_from_more_than_the_aggregates() -> None:
+    """A time step keeps the aggregates (but for buckets leaving the window): every fact
+    not in `_TIME_FACTS` must read only the aggregates' other fields."""
+    import re
+
+    from pipeline.rules import FACT_SOURCES
+    from pipeline.state import _TIME_FACTS
+
+    assert set(_TIME_FACTS) <= set(FACT_SOURCES)
+    for fact, source in FACT_SOURCES.items():
+        if fact in _TIME_FACTS:
+            continue
+        assert not re.findall(r"\b(scores|segment|stage|life|today|window)\b", source), fact
+        assert "buckets" not in source, fact
+
+
+def _window_spender(policy: Policy) -> PersonState:
+    s: PersonState | None = None
+    for i, day in enumerate((0, 5)):  # 160 000 in the window, until the window passes
+        buy = Touchpoint(
+            f"e{i}",
+            EventType.PURCHASE,
+            BRAND,
+            "wecom",
+            USER,
+            T0 + day * DAY,
+            Purchase(f"o{i}", 80_000),
+        )
+        s, _ = apply(s, buy, PERSON, policy, i)
+    assert s is not None
+    return s
+
+
+@pytest.mark.parametrize("decoded", [False, True], ids=["live", "decoded"])
+@pytest.mark.parametrize("fact", ["window_amount_minor", "window_orders"])
+def test_a_time_step_that_moves_only_the_windows_totals_runs_the_rules_reading_them(
+    decoded: bool, fact: str
+) -> None:
+    """The window's orders and amount move together when a bucket leaves it, and a rule
+    may read either alone; a state decoded from the changelog does not know its window
+    (None) and must not be taken to have kept it."""
+    when = {fact: {"gte": 100_000 if fact == "window_amount_minor" else 2}}
+    policy = Policy(rfm=WINDOW, rules=compile_rules({"default": {"tags": [_tag("w", when)]}}))
+    s = _window_spender(policy)
+    if decoded:  # on the day before the first purchase leaves the window
+        s, _ = advance(s, BRAND, PERSON, T0 + (WINDOW.window_days - 1) * DAY, policy)
+        from pipeline.codec import Codecs
+
+        codecs = Codecs()
+        s = codecs.decode_state(codecs.encode_state(s))
+        assert s.derived.window is None
+    assert s.derived.tags == ("w",)
+    for day in (WINDOW.window_days, 40, 60, 90):  # out: first one purchase, then both
+        s, _ = advance(s, BRAND, PERSON, T0 + day * DAY, policy)
+        _assert_like_from_scratch(s, policy)
+    assert s.derived.tags == ()
