@@ -165,3 +165,26 @@ def transition_days(h: PurchaseHistory | None, policy: LifecyclePolicy) -> tuple
     if _returned_after_dormancy(h, policy):
         days.append(h.last_day + policy.won_back_days)
     return tuple(days)
+
+
+def next_transition_day(h: PurchaseHistory | None, today: int, policy: LifecyclePolicy) -> int:
+    """The first of `transition_days` after `today`, -1 when none: what the due-time index
+    asks on every re-derivation. Compiled, C integers throughout, where the days were
+    boxed into a list and a tuple for one minimum."""
+    if h is None or h.orders <= 0:
+        return -1
+    best = _earliest_after(-1, h.last_day + at_risk_after(h, policy), today)
+    best = _earliest_after(best, h.last_day + policy.dormant_days, today)
+    best = _earliest_after(best, h.last_day + policy.churned_days, today)
+    if h.orders == 1:
+        best = _earliest_after(best, h.first_day + policy.new_days, today)
+    if _returned_after_dormancy(h, policy):
+        best = _earliest_after(best, h.last_day + policy.won_back_days, today)
+    return best
+
+
+def _earliest_after(best: int, day: int, today: int) -> int:
+    """`best` or `day`, whichever is earlier, of those after `today` (-1: none yet)."""
+    if day > today and (best < 0 or day < best):
+        return day
+    return best

@@ -925,9 +925,9 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
             if best < 0 or d < best:
                 best = d
             break
-    for d in lc.transition_days(a.purchase_history(), policy.lifecycle):
-        if d > today and (best < 0 or d < best):
-            best = d
+    d = lc.next_transition_day(a.purchase_history(), today, policy.lifecycle)
+    if d >= 0 and (best < 0 or d < best):
+        best = d
     day_thresholds = policy.rules_for(brand).day_thresholds
     if day_thresholds:
         anchors = {

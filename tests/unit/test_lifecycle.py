@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from pipeline.lifecycle import (
     Lifecycle,
@@ -10,6 +12,7 @@ from pipeline.lifecycle import (
     PurchaseHistory,
     at_risk_after,
     lifecycle,
+    next_transition_day,
     rule_of,
     transition_days,
 )
@@ -115,3 +118,24 @@ def test_each_stage_names_its_own_threshold_whether_given_as_a_stage_or_its_valu
 def test_inconsistent_thresholds_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         LifecyclePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    orders=hs.integers(0, 12),
+    first=hs.integers(0, 400),
+    spans=hs.tuples(hs.integers(0, 300), hs.integers(0, 300)),
+    today=hs.integers(0, 1_200),
+    factor=hs.sampled_from([1.5, 2.0, 3.0]),
+)
+def test_the_next_transition_day_is_the_first_transition_day_after_today(
+    orders: int, first: int, spans: tuple[int, int], today: int, factor: float
+) -> None:
+    """What the due-time index asks (compiled, in C integers), against its definition."""
+    previous = first + spans[0] if orders > 1 else -1
+    last = previous + spans[1] if orders > 1 else first
+    h = PurchaseHistory(orders=orders, first_day=first, last_day=last, previous_day=previous)
+    policy = LifecyclePolicy(rhythm_factor=factor)
+    later = [d for d in transition_days(h, policy) if d > today]
+    assert next_transition_day(h, today, policy) == (min(later) if later else -1)
+    assert next_transition_day(None, today, policy) == -1
