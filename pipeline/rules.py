@@ -354,16 +354,18 @@ def evaluator_source(
         consts.append(value)
         return f"c{len(consts) - 1}"
 
-    body = ["    tags = []"]
+    # The outcome built as tuples, each tag or level joined as a 1-tuple constant: most
+    # people hold none or one of each, so no list is built and converted per call.
+    body = ["    tags = ()"]
     for name, cond in sorted(tags, key=lambda t: t[0]):
-        body.append(f"    if {_source(cond, consts, reads)}: tags.append({const(name)})")
-    body.append("    layers = []")
+        body.append(f"    if {_source(cond, consts, reads)}: tags += {const((name,))}")
+    body.append("    layers = ()")
     for layer, levels in layers:
         for i, (level, cond) in enumerate(levels):
             test = "True" if cond is None else _source(cond, consts, reads)
             body.append(f"    {'if' if i == 0 else 'elif'} {test}:")
-            body.append(f"        layers.append({const((layer, level))})")
-    body.append("    return tuple(tags), tuple(layers)")
+            body.append(f"        layers += {const(((layer, level),))}")
+    body.append("    return tags, layers")
     head = [f"def evaluate({_EVALUATOR_PARAMS}):"]
     head += [f"    {var} = {FACT_SOURCES[fact]}" for fact, var in reads.items()]
     return "\n".join([*head, *body]) + "\n", tuple(consts)
