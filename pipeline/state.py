@@ -535,7 +535,12 @@ def _add_order(a: Aggregates, order_id: str, t: int, amount: int) -> Aggregates:
         previous = day
     # kept sorted by (day, order id); a new order is nearly always the latest: no sort then
     recent = a.recent_orders
-    if not recent or (recent[-1][1], recent[-1][0]) <= (day, order_id):
+    if recent:  # (day, order id) compared part by part: no two tuples built per purchase
+        latest_id, latest_day, _ = recent[-1]
+        in_order = latest_day < day or (latest_day == day and latest_id <= order_id)
+    else:
+        in_order = True
+    if in_order:
         orders = (*recent, (order_id, day, amount))
     else:
         orders = tuple(sorted((*recent, (order_id, day, amount)), key=_BY_DAY_AND_ID))
@@ -579,6 +584,8 @@ def _on_purchase(a: Aggregates, e: Touchpoint) -> Aggregates:
     p = e.payload
     assert isinstance(p, Purchase)
     a = _add_order(a, p.order_id, e.occurred_at, p.amount_minor)
+    if not a.pending_refunds:  # nearly always: no list built to find none
+        return a
     early = [amount for oid, amount in a.pending_refunds if oid == p.order_id]
     if early:  # refunds that arrived before their order
         n = _draft(a)
