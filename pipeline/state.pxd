@@ -113,6 +113,7 @@ cpdef object _moved_in_time(Derived prior, Scores scores, object segment, object
 cpdef bint _same_scoring_inputs(Aggregates a, Aggregates b)
 @cython.locals(moved=cython.int)
 cpdef object _changed_other_facts(Aggregates a, Aggregates b)
+cpdef object _named(int moved, tuple facts, dict known)
 cpdef object _rule_of(object dim, Derived d, Aggregates a, object brand, Policy policy)
 cpdef object next_due(PersonState s, object brand, Policy policy)
 @cython.locals(today=cython.longlong, best=cython.longlong, d=cython.longlong, t=cython.longlong, first=cython.longlong, rp=RfmPolicy)

@@ -819,10 +819,16 @@ def _moved_in_time(
                 moved |= 256
             if w.amount_minor != window.amount_minor:
                 moved |= 512
-    names = _MOVED_NAMES.get(moved)
+    return _named(moved, _TIME_FACTS, _MOVED_NAMES)
+
+
+def _named(moved: int, facts: tuple[str, ...], known: dict[int, frozenset[str]]) -> frozenset[str]:
+    """The names of `facts` whose bits are set in `moved` (bit i: the i-th), each set of
+    them built once and kept in `known`."""
+    names = known.get(moved)
     if names is None:
-        names = frozenset([n for i, n in enumerate(_TIME_FACTS) if moved >> i & 1])
-        _MOVED_NAMES[moved] = names
+        names = frozenset([n for i, n in enumerate(facts) if moved >> i & 1])
+        known[moved] = names
     return names
 
 
@@ -883,11 +889,7 @@ def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
         moved |= 64
     if moved == 0:
         return _NONE_CHANGED
-    names = _CHANGED_NAMES.get(moved)
-    if names is None:
-        names = frozenset([n for i, n in enumerate(_OTHER_FACTS) if moved >> i & 1])
-        _CHANGED_NAMES[moved] = names
-    return names
+    return _named(moved, _OTHER_FACTS, _CHANGED_NAMES)
 
 
 def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) -> str:

@@ -173,13 +173,21 @@ def test_each_state_equals_the_one_derived_from_scratch(
     events: list[tuple[str, Touchpoint]],
 ) -> None:
     for policy in POLICIES:
-        s: PersonState | None = None
-        for i, (kind, e) in enumerate(events):
-            if kind == "referral":
-                s, _ = apply_referral(s, BRAND, PERSON, f"invitee-{i}", e.occurred_at, policy)
-            else:
-                s, _ = apply(s, e, PERSON, policy, i)
+        _replayed(events, policy, check=True)
+
+
+def _replayed(events: list[tuple[str, Touchpoint]], policy: Policy, check: bool) -> PersonState:
+    """The state after `events` (`check`: each step compared with one from scratch)."""
+    s: PersonState | None = None
+    for i, (kind, e) in enumerate(events):
+        if kind == "referral":
+            s, _ = apply_referral(s, BRAND, PERSON, f"invitee-{i}", e.occurred_at, policy)
+        else:
+            s, _ = apply(s, e, PERSON, policy, i)
+        if check:
             _assert_like_from_scratch(s, policy)
+    assert s is not None
+    return s
 
 
 @settings(max_examples=100, deadline=None)
@@ -192,13 +200,7 @@ def test_each_time_step_equals_the_state_derived_from_scratch(
     of what time moved (`state._moved_in_time`): under rules reading each fact alone,
     every step must equal the state derived from scratch."""
     for policy in POLICIES:
-        s: PersonState | None = None
-        for i, (kind, e) in enumerate(events):
-            if kind == "referral":
-                s, _ = apply_referral(s, BRAND, PERSON, f"invitee-{i}", e.occurred_at, policy)
-            else:
-                s, _ = apply(s, e, PERSON, policy, i)
-        assert s is not None
+        s = _replayed(events, policy, check=False)
         at = s.as_of
         for gap in gaps:
             at += gap * DAY
