@@ -193,7 +193,7 @@ class PartitionEngine:
         if source is not None and core.is_forwarded_again(old, source):
             out.redelivered = True  # forwarded again by a resolver that restarted
             return
-        if old is not None and core.holds_id(old.recent_event_ids, event.event_id):
+        if core.is_duplicate(old, event):
             out.duplicate = True
             return
         new, changes = core.apply_new(old, event, person_id, self.policy, offset, source)

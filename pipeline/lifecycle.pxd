@@ -4,9 +4,9 @@
 # subclasses (a StrEnum member) the uncompiled module takes.
 import cython
 
-# `@cython.no_gc`: a value class (numbers, strings, tuples and other values only: no
-# reference cycle can pass through one), built without the cycle collector's support
-# (compiled_core.untracked_classes).
+# A class marked `@cython.no_gc` below is a value class (numbers, strings, tuples and
+# other values only: no reference cycle can pass through one), built without the cycle
+# collector's support (compiled_core.untracked_classes); the others keep it.
 cdef class LifecyclePolicy:
     cdef readonly long long new_days, at_risk_days, rhythm_min_orders
     cdef readonly object rhythm_factor

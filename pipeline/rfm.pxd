@@ -6,9 +6,9 @@ import cython
 
 cdef long long _DAY_MS
 
-# `@cython.no_gc`: a value class (numbers, strings, tuples and other values only: no
-# reference cycle can pass through one), built without the cycle collector's support
-# (compiled_core.untracked_classes).
+# A class marked `@cython.no_gc` below is a value class (numbers, strings, tuples and
+# other values only: no reference cycle can pass through one), built without the cycle
+# collector's support (compiled_core.untracked_classes); the others keep it.
 cdef class RfmPolicy:
     cdef readonly long long window_days
     cdef readonly object recency_days, frequency_orders, monetary_minor

@@ -14,9 +14,9 @@ from pipeline.stages cimport AiplPolicy
 
 cdef long long _DUE_UNKNOWN, _DUE_NEVER
 
-# `@cython.no_gc`: a value class (numbers, strings, tuples and other values only: no
-# reference cycle can pass through one), built without the cycle collector's support
-# (compiled_core.untracked_classes).
+# A class marked `@cython.no_gc` below is a value class (numbers, strings, tuples and
+# other values only: no reference cycle can pass through one), built without the cycle
+# collector's support (compiled_core.untracked_classes); the others keep it.
 cdef class Policy:
     cdef readonly RfmPolicy rfm
     cdef readonly AiplPolicy aipl
@@ -124,6 +124,7 @@ cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object perso
 @cython.locals(sa=Scores, sb=Scores)
 cpdef bint _same_derived(Derived a, Derived b)
 cpdef bint _holds_at(PersonState s, long long now)
+cpdef bint is_duplicate(PersonState state, Touchpoint event)
 @cython.locals(h=cython.Py_hash_t)
 cpdef bint holds_id(tuple ids, object event_id)
 cpdef tuple advance(PersonState state, object brand, object person_id, object now, Policy policy)
