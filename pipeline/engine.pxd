@@ -7,6 +7,11 @@ from pipeline.events cimport Touchpoint
 from pipeline.state cimport PersonState, Policy
 from pipeline cimport state as core
 
+@cython.locals(plain=dict)
+cpdef PersonState _stored(object store, object key)
+@cython.locals(plain=dict)
+cpdef _store(object store, object key, PersonState s)
+
 cdef class Outcome:
     cdef public list changes, referrals, written
     cdef public object duplicate, redelivered, late

@@ -35,6 +35,24 @@ Store = MutableMapping[bytes, core.PersonState]
 _PURCHASE = EventType.PURCHASE  # bound once: an enum member looked up per event is not free
 
 
+# The store is a plain dict in a rebuild and the benchmarks, the worker's write-behind
+# mapping (agents/write_behind.py) in a worker. Compiled, a dict's lookup and store are
+# C calls here, where `store.get` on an untyped object is a method call through Python.
+def _stored(store: Store, key: bytes) -> core.PersonState | None:
+    if type(store) is dict:
+        plain: dict[bytes, core.PersonState] = store
+        return plain.get(key)
+    return store.get(key)
+
+
+def _store(store: Store, key: bytes, s: core.PersonState) -> None:
+    if type(store) is dict:
+        plain: dict[bytes, core.PersonState] = store
+        plain[key] = s
+    else:
+        store[key] = s
+
+
 class Outcome:
     """What processing one event did, for the adapter's metrics and sends."""
 
@@ -109,12 +127,12 @@ class PartitionEngine:
     def reassess(self, keys: Iterable[bytes], out: Outcome) -> None:
         """Re-derive the states under `keys` with the current policy (it changed)."""
         for key in keys:
-            s = self.store.get(key)
+            s = _stored(self.store, key)
             if s is None:
                 continue
             brand, person_id = core.split_table_key(key)
             s, changes = core.reassess(s, brand, person_id, self.policy)
-            self.store[key] = s
+            _store(self.store, key, s)
             self.schedule(key, s)
             out.written.append(key)
             out.changes += changes
@@ -129,14 +147,14 @@ class PartitionEngine:
             self._entries -= len(keys)
             keys.sort()  # key order (see the module's docstring)
             for key in keys:
-                s = self.store.get(key)
+                s = _stored(self.store, key)
                 if s is None:
                     continue  # the person moved to another worker
                 brand, person_id = core.split_table_key(key)
                 if core.next_due(s, brand, self.policy) != due:
                     continue  # stale: an event moved this person's due time
                 s, more = core.advance(s, brand, person_id, due, self.policy)
-                self.store[key] = s
+                _store(self.store, key, s)
                 self.schedule(key, s)  # a later due time: another entry, never in `keys`
                 if written is not None:
                     written.append(key)
@@ -186,7 +204,7 @@ class PartitionEngine:
         source: core.Source | None,
     ) -> None:
         key = core.table_key(event.brand, person_id)
-        old = self.store.get(key)
+        old = _stored(self.store, key)
         if old is not None and 0 <= offset <= old.last_offset:
             out.redelivered = True  # its effects are already in the state
             return
@@ -197,7 +215,7 @@ class PartitionEngine:
             out.duplicate = True
             return
         new, changes = core.apply_new(old, event, person_id, self.policy, offset, source)
-        self.store[key] = new
+        _store(self.store, key, new)
         self.rescheduled(key, old, new)
         out.written.append(key)
         out.changes += changes
@@ -211,12 +229,12 @@ class PartitionEngine:
         """Credit a converted invitee to a referrer whose state lives in this partition.
         A repeat (redelivery) is recognised by the invitee, among the recent ids."""
         key = core.table_key(brand, referrer)
-        old = self.store.get(key)
+        old = _stored(self.store, key)
         if old is not None and core.holds_id(old.recent_event_ids, core.referral_id(invitee)):
             out.duplicate = True
             return
         new, changes = core.apply_referral(old, brand, referrer, invitee, at, self.policy)
-        self.store[key] = new
+        _store(self.store, key, new)
         self.rescheduled(key, old, new)
         out.written.append(key)
         out.changes += changes

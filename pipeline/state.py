@@ -92,6 +92,8 @@ class Policy:
         return self.brand_groups.get(brand, ())
 
     def rfm_for(self, brand: str) -> RfmPolicy:
+        if not self.brand_rfm:  # most deployments: no brand of its own, and no lookup
+            return self.rfm
         return self.brand_rfm.get(brand, self.rfm)
 
     def rules_for(self, brand: str) -> BrandRules:
@@ -967,7 +969,6 @@ def _changes(
     seq: int,
     policy: Policy,
 ) -> list[SegmentChange]:
-    book = policy.rules_for(brand)
     moves: list[tuple[str, str | None, str | None, str]] = []
     # field by field, not getattr by name: compiled, these are C field reads (and `is`
     # first, as in _same_derived)
@@ -985,6 +986,7 @@ def _changes(
     # over the few of them, in order, where sets and sorts cost ~3 % of the core's work.
     old_tags, new_tags = before.tags, after.tags
     if old_tags is not new_tags and old_tags != new_tags:
+        book = policy.rules_for(brand)
         for tag in old_tags:
             if tag not in new_tags:
                 rule = book.explain_tag(tag)
@@ -993,6 +995,7 @@ def _changes(
             if tag not in old_tags:
                 moves.append(("tag", None, tag, book.explain_tag(tag)))
     if before.layers is not after.layers and before.layers != after.layers:
+        book = policy.rules_for(brand)
         old_layers, new_layers = dict(before.layers), dict(after.layers)
         for layer in sorted(old_layers.keys() | new_layers.keys()):
             b, a = old_layers.get(layer), new_layers.get(layer)
@@ -1118,6 +1121,15 @@ def advance(
     return state, changes
 
 
+def _with_id(ids: tuple[str, ...], event_id: str, keep: int) -> tuple[str, ...]:
+    """`(*ids, event_id)[-keep:]`, the recent ids with one more, as one tuple (two once
+    full) where the unpacking built a list, a tuple and the slice on every event."""
+    n = len(ids)
+    if n < keep:
+        return ids + (event_id,)  # noqa: RUF005 (compiled: one concatenation, no list)
+    return ids[n - keep + 1 :] + (event_id,)  # noqa: RUF005
+
+
 def is_duplicate(state: PersonState | None, event: Touchpoint) -> bool:
     return state is not None and holds_id(state.recent_event_ids, event.event_id)
 
@@ -1218,7 +1230,7 @@ def apply_new(
     else:
         state, changes = advance(state, event.brand, person_id, t, policy)
     a = _effect(state.agg, event)
-    recent = (*state.recent_event_ids, event.event_id)[-policy.dedup_window :]
+    recent = _with_id(state.recent_event_ids, event.event_id, policy.dedup_window)
     last_offset = state.last_offset if state.last_offset > offset else offset
     sources = _with_source(state.source_offsets, source)
     state, more = _recompute(  # positional: compiled, a keyword makes it a Python call
@@ -1299,7 +1311,7 @@ def apply_referral(
     agg = _sealed(n)
     cause = referral_id(invitee)
     state, more = _recompute(state, agg, brand, person_id, cause, at, policy)
-    recent = (*state.recent_event_ids, cause)[-policy.dedup_window :]
+    recent = _with_id(state.recent_event_ids, cause, policy.dedup_window)
     return replace(state, recent_event_ids=recent), changes + more
 
 

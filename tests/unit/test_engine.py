@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -403,3 +404,44 @@ def test_people_due_at_the_same_time_fire_in_key_order_however_the_index_was_fil
     assert set(by_time[min(by_time)]) == {"pa", "pb", "pc"}
     assert first_due < min(by_time) and live.store[b"lumi:pd"].as_of > first_due
     assert live.backlog == recovered.backlog
+
+
+class _Mapping(MutableMapping[bytes, core.PersonState]):
+    """A store that is not a dict, as the worker's write-behind store is not."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, core.PersonState] = {}
+
+    def __getitem__(self, key: bytes) -> core.PersonState:
+        return self.data[key]
+
+    def __setitem__(self, key: bytes, value: core.PersonState) -> None:
+        self.data[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(histories)
+def test_a_store_that_is_not_a_dict_holds_the_same_states_and_changes(
+    events: list[tuple[str, Touchpoint]],
+) -> None:
+    """The engine reads and writes a plain dict in C (`_stored`, `_store`): any other
+    mapping gets the same states and changes, through its own methods."""
+    plain = PartitionEngine(POLICY, {}, LATENESS)
+    other = PartitionEngine(POLICY, _Mapping(), LATENESS)
+    cutoff = max(e.occurred_at for _, e in events) + 400 * DAY
+    changes = [
+        [c for i, (p, e) in enumerate(events) for c in engine.on_event(e, p, i).changes]
+        for engine in (plain, other)
+    ]
+    assert changes[0] == changes[1]
+    assert isinstance(other.store, _Mapping) and other.store.data == plain.store
+    assert other.advance_to(cutoff) == plain.advance_to(cutoff)

@@ -783,3 +783,22 @@ def test_table_key_is_the_state_key_encoded_and_splits_back(brand: str, person: 
     key = table_key(brand, person)
     assert key == state_key(brand, person).encode()
     assert split_table_key(key) == split_state_key(state_key(brand, person)) == (brand, person)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=hs.lists(_ids, max_size=20), new=_ids, keep=hs.integers(1, 18))
+def test_with_id_keeps_the_last_ids_up_to_the_window(ids: list[str], new: str, keep: int) -> None:
+    """As the unpacking it replaced, also for a window smaller than what is held (the
+    policy's dedup window shrank)."""
+    from pipeline.state import _with_id
+
+    assert _with_id(tuple(ids), new, keep) == (*ids, new)[-keep:]
+
+
+def test_rfm_for_is_the_brands_own_policy_or_the_default() -> None:
+    own = RfmPolicy(monetary_minor=(100, 200, 300, 400))
+    default = Policy()
+    assert default.rfm_for("lumi") is default.rfm
+    policy = Policy(brand_rfm={"lumi": own})
+    assert policy.rfm_for("lumi") is own
+    assert policy.rfm_for("other") is policy.rfm
