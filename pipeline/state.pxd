@@ -12,7 +12,13 @@ from pipeline cimport rfm, stages
 from pipeline cimport lifecycle as lc
 from pipeline.stages cimport AiplPolicy
 
-cdef long long _DUE_UNKNOWN, _DUE_NEVER
+cdef long long _DUE_UNKNOWN, _DUE_NEVER, _ALL_FACTS, _AIPL_STAGE_BIT
+
+cdef class BrandCore:
+    cdef readonly RfmPolicy rfm
+    cdef readonly object rules, evaluate
+    cdef readonly long long reads
+    cdef readonly object day_thresholds
 
 # A class marked `@cython.no_gc` below is a value class (numbers, strings, tuples and
 # other values only: no reference cycle can pass through one), built without the cycle
@@ -27,10 +33,11 @@ cdef class Policy:
     cdef readonly object version
     cdef readonly long long referral_window_days
     cdef readonly dict brand_groups
-    cdef readonly dict _rules_by_brand
+    cdef readonly dict _rules_by_brand, _cores
     cpdef object groups_of(self, object brand)
     cpdef RfmPolicy rfm_for(self, object brand)
     cpdef object rules_for(self, object brand)
+    cpdef BrandCore core_for(self, object brand)
 
 @cython.no_gc
 cdef class Scores:
@@ -107,19 +114,19 @@ cpdef Aggregates _on_leave(Aggregates a, Touchpoint e)
 @cython.locals(n=Aggregates)
 cpdef Aggregates _on_other(Aggregates a, Touchpoint e)
 cpdef Aggregates _effect(Aggregates a, Touchpoint e)
-cpdef Derived derive(Aggregates a, object brand, long long now, Policy policy, Derived scored=*, object changed=*, Derived prior=*)
-@cython.locals(moved=cython.int, p=Scores, w=rfm.Window)
-cpdef object _moved_in_time(Derived prior, Scores scores, object segment, object stage, object life, object window)
+@cython.locals(bc=BrandCore, reads=cython.longlong)
+cpdef Derived derive(Aggregates a, object brand, long long now, Policy policy, Derived scored=*, long long changed=*, Derived prior=*)
+@cython.locals(moved=cython.longlong, p=Scores, w=rfm.Window)
+cpdef long long _moved_in_time(Derived prior, Scores scores, object segment, object stage, object life, object window)
 cpdef bint _same_scoring_inputs(Aggregates a, Aggregates b)
-@cython.locals(moved=cython.int)
-cpdef object _changed_other_facts(Aggregates a, Aggregates b)
-cpdef object _named(int moved, tuple facts, dict known)
+@cython.locals(moved=cython.longlong)
+cpdef long long _changed_other_facts(Aggregates a, Aggregates b)
 cpdef object _rule_of(object dim, Derived d, Aggregates a, object brand, Policy policy)
 cpdef object next_due(PersonState s, object brand, Policy policy)
-@cython.locals(today=cython.longlong, best=cython.longlong, d=cython.longlong, t=cython.longlong, first=cython.longlong, rp=RfmPolicy)
+@cython.locals(today=cython.longlong, best=cython.longlong, d=cython.longlong, t=cython.longlong, first=cython.longlong, rp=RfmPolicy, bc=BrandCore)
 cpdef object compute_due(Aggregates a, long long as_of, object brand, Policy policy)
 cpdef list _changes(Derived before, Derived after, Aggregates agg, object brand, object person_id, object cause, long long at, long long seq, Policy policy)
-@cython.locals(derived=Derived, new=PersonState, n=Aggregates, now=cython.longlong, prior=Derived)
+@cython.locals(derived=Derived, new=PersonState, n=Aggregates, now=cython.longlong, prior=Derived, changed=cython.longlong)
 cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object person_id, object cause, long long at, Policy policy, object last_offset=*, object recent=*, object same_policy=*, object sources=*)
 @cython.locals(sa=Scores, sb=Scores)
 cpdef bint _same_derived(Derived a, Derived b)

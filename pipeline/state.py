@@ -20,8 +20,10 @@ days), so `next_due` is the start of the next day on which something may change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
+from typing import Any
 
 try:
     import cython
@@ -83,6 +85,10 @@ class Policy:
     _rules_by_brand: dict[str, BrandRules] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # brand -> what the core reads of its policy (`core_for`), kept likewise
+    _cores: dict[str, BrandCore] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if self.dedup_window < 1:
@@ -105,6 +111,34 @@ class Policy:
             found = self.rules.for_brand(brand)
             self._rules_by_brand[brand] = found
         return found
+
+    def core_for(self, brand: str) -> BrandCore:
+        """What `derive` and `compute_due` read of the brand's policy, built once."""
+        found = self._cores.get(brand)
+        if found is None:
+            book = self.rules_for(brand)
+            found = BrandCore(
+                self.rfm_for(brand),
+                book,
+                book.compiled,
+                fact_bits(book.facts_used),
+                book.day_thresholds,
+            )
+            self._cores[brand] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class BrandCore:
+    """A brand's RFM policy and rules as the core reads them on every event (`Policy.
+    core_for`). Compiled, its fields are C reads: each read of the rule book's own fields
+    was an attribute lookup through Python, and its set of facts a method call."""
+
+    rfm: RfmPolicy
+    rules: BrandRules
+    evaluate: Any  # the rules as one function (`rules.compiled`); None: by their predicates
+    reads: int  # the facts the rules read, as bits (`fact_bits`): all when not known
+    day_thresholds: Mapping[str, frozenset[int]]  # `rules.day_thresholds`
 
 
 @fast_init
@@ -706,7 +740,7 @@ def derive(
     now: int,
     policy: Policy,
     scored: Derived | None = None,
-    changed: frozenset[str] | None = None,
+    changed: int = 0,
     prior: Derived | None = None,
 ) -> Derived:
     """Segments of a person with aggregates `a` at time `now` (ms).
@@ -716,25 +750,26 @@ def derive(
     `now` (`_same_scoring_inputs`, no due time passed): they are taken from it, and so is
     its RFM window's totals when it has them (the buckets are the same and none left the
     window: that would have been a due time); and
-    `changed`, the only facts that differ from those `scored` was derived on: when the
-    rules read none of them (nor a changed AIPL stage), `scored`'s tags and layers hold.
+    `changed`, the only facts that differ from those `scored` was derived on (as bits,
+    `fact_bits`): when the rules read none of them (nor a changed AIPL stage), `scored`'s
+    tags and layers hold.
 
     And for a time step (a due time passed, the aggregates the same but for buckets that
     left the window): `prior`, what they were derived on before. RFM, the stage and the
     lifecycle are derived again; when the rules read none of what time moved
     (`_moved_in_time`), `prior`'s tags and layers hold."""
     today = rfm.day_of(now)
-    book = policy.rules_for(brand)
+    bc = policy.core_for(brand)
     window = None
     if scored is not None:
         # carried forward: same buckets, no due time (a bucket leaving is one) since
         if a.lifetime_orders > 0 and a.last_purchase_day >= 0:  # a purchase history
             window = scored.window
             if window is None:
-                window = rfm.window(a.buckets, today, policy.rfm_for(brand))
+                window = rfm.window(a.buckets, today, bc.rfm)
         scores, segment, life = scored.scores, scored.rfm_segment, scored.lifecycle
     else:
-        rp = policy.rfm_for(brand)
+        rp = bc.rfm
         history = a.purchase_history()
         scores, segment = NO_SCORES, None
         if history is not None:
@@ -748,30 +783,31 @@ def derive(
     stage = _AIPL_VALUE[
         stages.aipl_stage(a.engagements, a.lifetime_orders, window_orders, policy.aipl)
     ]
-    if scored is not None and changed is not None and book.facts_used is not None:
+    reads = bc.reads
+    if scored is not None and changed != 0:
         same_stage = scored.aipl_stage == stage
         if not same_stage:
-            changed = changed | {"aipl_stage"}
-        if book.facts_used.isdisjoint(changed):
+            changed |= _AIPL_STAGE_BIT
+        if reads & changed == 0:
             if same_stage and window is scored.window:
                 return scored  # nothing it holds moved: the same object (no new one, no diff)
             return _new_derived(scores, segment, stage, life, scored.tags, scored.layers, window)
-    if (
-        prior is not None
-        and book.facts_used is not None
-        and book.facts_used.isdisjoint(_moved_in_time(prior, scores, segment, stage, life, window))
+    if prior is not None and (
+        reads & _moved_in_time(prior, scores, segment, stage, life, window) == 0
     ):
         return _new_derived(scores, segment, stage, life, prior.tags, prior.layers, window)
-    generated = book.compiled  # the rules as one function of what is here (rules.py)
+    generated = bc.evaluate  # the rules as one function of what is here (rules.py)
     if generated is not None:
         tags, layers = generated(a, scores, segment, stage, life, today, window)
     else:  # rules built by hand, without it: by their predicates
-        tags, layers = book.evaluate(rules.facts_of(a, scores, segment, stage, life, today, window))
+        facts = rules.facts_of(a, scores, segment, stage, life, today, window)
+        tags, layers = bc.rules.evaluate(facts)
     return _new_derived(scores, segment, stage, life, tags, layers, window)
 
 
-# The facts time alone moves, as bits of `_moved_in_time` (tests/unit/test_state.py checks
-# that every other fact reads only what a time step leaves alone).
+# The facts time alone moves, bits 0 to 9 of `fact_bits` in this order (tests/unit/
+# test_carried_state.py checks that every other fact reads only what a time step leaves
+# alone).
 _TIME_FACTS = (
     "days_since_last_purchase",
     "days_since_first_seen",
@@ -784,7 +820,6 @@ _TIME_FACTS = (
     "window_orders",
     "window_amount_minor",
 )
-_MOVED_NAMES: dict[int, frozenset[str]] = {}
 
 
 def _moved_in_time(
@@ -794,10 +829,11 @@ def _moved_in_time(
     stage: str,
     life: str | None,
     window: rfm.Window | None,
-) -> frozenset[str]:
+) -> int:
     """Which of `_TIME_FACTS` may differ between `prior` and these values derived later on
-    the same aggregates. The day counters always (a due time is a later day); the window's
-    totals when `prior`'s are not known (decoded) and there is a window now."""
+    the same aggregates, as bits (`fact_bits`). The day counters always (a due time is a
+    later day); the window's totals when `prior`'s are not known (decoded) and there is a
+    window now."""
     moved = 3
     p = prior.scores
     if p.r != scores.r:
@@ -821,17 +857,7 @@ def _moved_in_time(
                 moved |= 256
             if w.amount_minor != window.amount_minor:
                 moved |= 512
-    return _named(moved, _TIME_FACTS, _MOVED_NAMES)
-
-
-def _named(moved: int, facts: tuple[str, ...], known: dict[int, frozenset[str]]) -> frozenset[str]:
-    """The names of `facts` whose bits are set in `moved` (bit i: the i-th), each set of
-    them built once and kept in `known`."""
-    names = known.get(moved)
-    if names is None:
-        names = frozenset([n for i, n in enumerate(facts) if moved >> i & 1])
-        known[moved] = names
-    return names
+    return moved
 
 
 def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
@@ -852,7 +878,8 @@ def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
 
 
 # The rest of what `derive` reads: facts of the AIPL stage and the rules only, named as
-# the facts they are (each is an attribute of Aggregates of the same name).
+# the facts they are (each is an attribute of Aggregates of the same name); bits 10 to 16
+# of `fact_bits` in this order.
 _OTHER_FACTS = (
     "engagements",
     "shares",
@@ -864,34 +891,52 @@ _OTHER_FACTS = (
 )
 
 
-_NONE_CHANGED: frozenset[str] = frozenset()
-# which of _OTHER_FACTS moved (bit i: the i-th) -> their names: at most 2**7 entries
-_CHANGED_NAMES: dict[int, frozenset[str]] = {}
+# Every fact a rule may read (rules.FACT_TYPES), a bit each in this order: those time
+# moves, the others `derive` reads, and the two that move only with the scoring inputs
+# (`_same_scoring_inputs`), so never alone. Compiled, which facts moved and which the
+# rules read are C integers and one `&` tells whether the rules must run, where sets of
+# names were built, looked up and compared through Python.
+_FACT_ORDER = (*_TIME_FACTS, *_OTHER_FACTS, "lifetime_orders", "lifetime_amount_minor")
+_ALL_FACTS = (1 << len(_FACT_ORDER)) - 1
+_AIPL_STAGE_BIT = 1 << _FACT_ORDER.index("aipl_stage")
 
 
-def _changed_other_facts(a: Aggregates, b: Aggregates) -> frozenset[str]:
-    # A bit per fact, in the order of _OTHER_FACTS (tests/unit/test_state.py checks
-    # each): compiled, a C integer, where a tuple of bools was built and hashed per event.
-    # Most events move none of these (a purchase, a chat from a brand's staff) or one (an
-    # inbound chat), and the names are built once.
+def fact_bits(names: Iterable[str] | None) -> int:
+    """The bits of the facts `names` (bit i: `_FACT_ORDER[i]`); all of them for None (the
+    facts a rule book reads when they are not known)."""
+    if names is None:
+        return _ALL_FACTS
+    bits = 0
+    for name in names:
+        bits |= 1 << _FACT_ORDER.index(name)
+    return bits
+
+
+def fact_names(bits: int) -> frozenset[str]:
+    """The facts of `bits` (`fact_bits`), by name."""
+    return frozenset(n for i, n in enumerate(_FACT_ORDER) if bits >> i & 1)
+
+
+def _changed_other_facts(a: Aggregates, b: Aggregates) -> int:
+    """Which of `_OTHER_FACTS` differ between `a` and `b`, as bits (`fact_bits`; tests/
+    unit/test_state.py checks each). Most events move none of these (a purchase, a chat
+    from a brand's staff) or one (an inbound chat)."""
     moved = 0
     if a.engagements != b.engagements:
-        moved |= 1
+        moved |= 1 << 10
     if a.shares != b.shares:
-        moved |= 2
+        moved |= 1 << 11
     if a.invitations != b.invitations:
-        moved |= 4
+        moved |= 1 << 12
     if a.converted_invitees != b.converted_invitees:
-        moved |= 8
+        moved |= 1 << 13
     if _subscribed(a) != _subscribed(b):
-        moved |= 16
+        moved |= 1 << 14
     if a.acquisition_channel != b.acquisition_channel:
-        moved |= 32
+        moved |= 1 << 15
     if a.acquisition_source != b.acquisition_source:
-        moved |= 64
-    if moved == 0:
-        return _NONE_CHANGED
-    return _named(moved, _OTHER_FACTS, _CHANGED_NAMES)
+        moved |= 1 << 16
+    return moved
 
 
 def _rule_of(dim: str, d: Derived, a: Aggregates, brand: str, policy: Policy) -> str:
@@ -920,7 +965,8 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
     """`next_due` from scratch (DUE_NEVER when none): the smallest candidate day after
     today among the recency thresholds, window exits, lifecycle and rule day thresholds."""
     today = rfm.day_of(as_of)
-    rp = policy.rfm_for(brand)
+    bc = policy.core_for(brand)
+    rp = bc.rfm
     # The smallest candidate day after today, kept as the candidates come (compiled: C
     # integers, no list of them, no int boxed); -1 while there is none.
     best = -1
@@ -939,7 +985,7 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
     d = lc.next_transition_day(a.purchase_history(), today, policy.lifecycle)
     if d >= 0 and (best < 0 or d < best):
         best = d
-    day_thresholds = policy.rules_for(brand).day_thresholds
+    day_thresholds = bc.day_thresholds
     if day_thresholds:
         anchors = {
             "days_since_last_purchase": a.last_purchase_day,
@@ -1050,7 +1096,7 @@ def _recompute(
         # a due time passed, or the policy changed: everything time moves derived again;
         # after a time step, the rules' outcome is kept if they read none of it (`prior`)
         prior = s.derived if timed and same_policy and s.version > 0 else None
-        derived = derive(agg, brand, now, policy, None, None, prior)
+        derived = derive(agg, brand, now, policy, None, 0, prior)
         due = compute_due(agg, now, brand, policy)
     changes = (
         _changes(s.derived, derived, agg, brand, person_id, cause, at, s.seq, policy)

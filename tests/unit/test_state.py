@@ -701,7 +701,11 @@ def test_the_facts_carried_forward_are_each_compared_under_their_own_name() -> N
     RFM, the lifecycle and the due times read must count as a scoring input."""
     from dataclasses import replace
 
-    from pipeline.state import _OTHER_FACTS, _changed_other_facts, _same_scoring_inputs
+    from pipeline.state import _OTHER_FACTS, _same_scoring_inputs, fact_names
+    from pipeline.state import _changed_other_facts as changed_bits
+
+    def _changed_other_facts(x: Aggregates, y: Aggregates) -> frozenset[str]:
+        return fact_names(changed_bits(x, y))
 
     a = Aggregates(first_seen=T0, last_seen=T0, last_join=T0, acquisition_channel="wecom")
     moves = {
@@ -802,3 +806,43 @@ def test_rfm_for_is_the_brands_own_policy_or_the_default() -> None:
     policy = Policy(brand_rfm={"lumi": own})
     assert policy.rfm_for("lumi") is own
     assert policy.rfm_for("other") is policy.rfm
+
+
+def test_the_facts_bits_are_every_fact_a_rule_may_read_once() -> None:
+    """`fact_bits` must give each fact of rules.FACT_TYPES its own bit, the facts time moves
+    and the other facts `derive` reads where `_moved_in_time` and `_changed_other_facts`
+    set them."""
+    from pipeline.rules import FACT_TYPES
+    from pipeline.state import _FACT_ORDER, _OTHER_FACTS, _TIME_FACTS, fact_bits, fact_names
+
+    assert sorted(_FACT_ORDER) == sorted(FACT_TYPES)
+    assert _FACT_ORDER[: len(_TIME_FACTS)] == _TIME_FACTS
+    assert _FACT_ORDER[len(_TIME_FACTS) : len(_TIME_FACTS) + len(_OTHER_FACTS)] == _OTHER_FACTS
+    assert fact_bits(None) == fact_bits(FACT_TYPES) == (1 << len(FACT_TYPES)) - 1
+    for i, name in enumerate(_FACT_ORDER):
+        assert fact_bits([name]) == 1 << i
+        assert fact_names(1 << i) == {name}
+    assert fact_names(fact_bits(["m", "shares"])) == {"m", "shares"}
+
+
+def test_core_for_is_the_brands_rfm_policy_and_rules() -> None:
+    from pipeline.state import fact_bits
+
+    own = RfmPolicy(monetary_minor=(100, 200, 300, 400))
+    book = compile_rules(
+        {
+            "default": {"tags": [{"name": "fan", "when": {"shares": {"gte": 3}}}]},
+            "brands": {"lumi": {"tags": [{"name": "big", "when": {"m": {"gte": 4}}}]}},
+        }
+    )
+    policy = Policy(rules=book, brand_rfm={"lumi": own})
+    for brand in ("lumi", "other"):
+        bc = policy.core_for(brand)
+        rules = policy.rules_for(brand)
+        assert bc is policy.core_for(brand)  # built once
+        assert bc.rfm is policy.rfm_for(brand)
+        assert bc.rules is rules and bc.evaluate is rules.compiled
+        assert bc.reads == fact_bits(rules.facts_used)
+        assert bc.day_thresholds is rules.day_thresholds
+    assert policy.core_for("lumi").reads == fact_bits(["m"])
+    assert policy.core_for("other").reads == fact_bits(["shares"])
