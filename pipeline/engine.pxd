@@ -7,6 +7,8 @@ from pipeline.events cimport Touchpoint
 from pipeline.state cimport PersonState, Policy
 from pipeline cimport state as core
 
+cdef long long _DUE_UNKNOWN, _DUE_NEVER
+
 @cython.locals(plain=dict)
 cpdef PersonState _stored(object store, object key)
 @cython.locals(plain=dict)
@@ -25,7 +27,7 @@ cdef class PartitionEngine:
     cdef public dict _due_keys
     cdef public Py_ssize_t _entries
 
-    @cython.locals(keys=list)
+    @cython.locals(keys=list, due=cython.longlong)
     cpdef schedule(self, object key, PersonState s)
     cpdef rescheduled(self, object key, PersonState old, PersonState new)
     @cython.locals(s=PersonState, keys=list, times=list)

@@ -33,6 +33,8 @@ from pipeline.events import EventType, Touchpoint
 
 Store = MutableMapping[bytes, core.PersonState]
 _PURCHASE = EventType.PURCHASE  # bound once: an enum member looked up per event is not free
+# C constants when compiled (engine.pxd): `core.DUE_NEVER` is a module attribute lookup
+_DUE_UNKNOWN, _DUE_NEVER = core.DUE_UNKNOWN, core.DUE_NEVER
 
 
 # The store is a plain dict in a rebuild and the benchmarks, the worker's write-behind
@@ -92,10 +94,10 @@ class PartitionEngine:
 
     def schedule(self, key: bytes, s: core.PersonState) -> None:
         due = s.due  # cached when the state was derived here
-        if due == core.DUE_UNKNOWN:  # e.g. decoded from the changelog
+        if due == _DUE_UNKNOWN:  # e.g. decoded from the changelog
             brand, _ = core.split_table_key(key)
             due = core.compute_due(s.agg, s.as_of, brand, self.policy)
-        if due != core.DUE_NEVER:
+        if due != _DUE_NEVER:
             keys = self._due_keys.get(due)
             if keys is None:
                 self._due_keys[due] = [key]

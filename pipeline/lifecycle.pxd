@@ -16,10 +16,11 @@ cdef class LifecyclePolicy:
 cdef class PurchaseHistory:
     cdef readonly long long orders, first_day, last_day, previous_day
 
-@cython.locals(mean_interval=cython.double, days=cython.longlong)
+@cython.locals(mean_interval=cython.double, x=cython.double, days=cython.longlong)
 cpdef long long at_risk_after(PurchaseHistory h, LifecyclePolicy policy)
 cpdef bint _returned_after_dormancy(PurchaseHistory h, LifecyclePolicy policy)
 cpdef object lifecycle(PurchaseHistory h, object today, LifecyclePolicy policy)
+cpdef object rule_of(object stage, PurchaseHistory h, LifecyclePolicy policy)
 cpdef object transition_days(PurchaseHistory h, LifecyclePolicy policy)
 @cython.locals(best=cython.longlong)
 cpdef long long next_transition_day(PurchaseHistory h, long long today, LifecyclePolicy policy)

@@ -11,7 +11,6 @@ every 10 days is at risk sooner than one who buys every 80 days.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,7 +94,10 @@ def at_risk_after(h: PurchaseHistory, policy: LifecyclePolicy) -> int:
     if h.orders < policy.rhythm_min_orders or h.last_day <= h.first_day:
         return policy.at_risk_days
     mean_interval = (h.last_day - h.first_day) / (h.orders - 1)
-    days = math.ceil(policy.rhythm_factor * mean_interval)
+    x = policy.rhythm_factor * mean_interval
+    days = int(x)  # truncated toward zero, then up: math.ceil, in C when compiled
+    if days < x:
+        days += 1
     return min(max(days, policy.rhythm_floor_days), policy.dormant_days - 1)
 
 

@@ -12,7 +12,7 @@ from pipeline cimport rfm, stages
 from pipeline cimport lifecycle as lc
 from pipeline.stages cimport AiplPolicy
 
-cdef long long _DUE_UNKNOWN, _DUE_NEVER, _ALL_FACTS, _AIPL_STAGE_BIT
+cdef long long _DUE_UNKNOWN, _DUE_NEVER, _MS_PER_DAY, _ALL_FACTS, _AIPL_STAGE_BIT
 
 cdef class BrandCore:
     cdef readonly RfmPolicy rfm
@@ -124,7 +124,7 @@ cpdef long long _changed_other_facts(Aggregates a, Aggregates b)
 cpdef object _rule_of(object dim, Derived d, Aggregates a, object brand, Policy policy)
 cpdef object next_due(PersonState s, object brand, Policy policy)
 @cython.locals(today=cython.longlong, best=cython.longlong, d=cython.longlong, t=cython.longlong, first=cython.longlong, rp=RfmPolicy, bc=BrandCore)
-cpdef object compute_due(Aggregates a, long long as_of, object brand, Policy policy)
+cpdef long long compute_due(Aggregates a, long long as_of, object brand, Policy policy)
 cpdef list _changes(Derived before, Derived after, Aggregates agg, object brand, object person_id, object cause, long long at, long long seq, Policy policy)
 @cython.locals(derived=Derived, new=PersonState, n=Aggregates, now=cython.longlong, prior=Derived, changed=cython.longlong)
 cpdef tuple _recompute(PersonState s, Aggregates agg, object brand, object person_id, object cause, long long at, Policy policy, object last_offset=*, object recent=*, object same_policy=*, object sources=*)

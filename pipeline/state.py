@@ -50,6 +50,7 @@ DUE_NEVER = -1  # nothing will change on time alone
 # The same, as C constants when compiled (state.pxd): compared with a C field, a module's
 # Python constant would box the field into an int object first.
 _DUE_UNKNOWN, _DUE_NEVER = DUE_UNKNOWN, DUE_NEVER
+_MS_PER_DAY = rfm.MS_PER_DAY  # likewise: `rfm.MS_PER_DAY` is a module attribute lookup
 
 OrderRef = tuple[str, int, int]  # (order_id, day, amount_minor)
 PendingRefund = tuple[str, int]  # (order_id, amount_minor)
@@ -873,7 +874,7 @@ def _same_scoring_inputs(a: Aggregates, b: Aggregates) -> bool:
         and a.first_purchase_day == b.first_purchase_day
         and a.last_purchase_day == b.last_purchase_day
         and a.previous_purchase_day == b.previous_purchase_day
-        and a.buckets == b.buckets
+        and (a.buckets is b.buckets or a.buckets == b.buckets)  # a tuple's == walks it
     )
 
 
@@ -998,7 +999,7 @@ def compute_due(a: Aggregates, as_of: int, brand: str, policy: Policy) -> int:
                     for d in (anchor + k, anchor + k + 1):
                         if d > today and (best < 0 or d < best):
                             best = d
-    return best * rfm.MS_PER_DAY if best >= 0 else DUE_NEVER
+    return best * _MS_PER_DAY if best >= 0 else _DUE_NEVER
 
 
 # -- transitions -------------------------------------------------------------------------
@@ -1328,7 +1329,7 @@ def referral_conversion(
     )
     if not first_purchase or a.referred_by is None:
         return None
-    window = policy.referral_window_days * rfm.MS_PER_DAY
+    window = policy.referral_window_days * _MS_PER_DAY
     if not a.referred_at <= event.occurred_at <= a.referred_at + window:
         return None
     return a.referred_by

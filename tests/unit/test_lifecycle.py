@@ -139,3 +139,29 @@ def test_the_next_transition_day_is_the_first_transition_day_after_today(
     later = [d for d in transition_days(h, policy) if d > today]
     assert next_transition_day(h, today, policy) == (min(later) if later else -1)
     assert next_transition_day(None, today, policy) == -1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=hs.integers(0, 20_000),
+    gap=hs.integers(1, 2_000),
+    orders=hs.integers(2, 60),
+    factor=hs.floats(0.1, 10.0),
+    floor=hs.integers(1, 60),
+)
+def test_at_risk_after_rounds_the_rhythm_up_as_math_ceil(
+    first: int, gap: int, orders: int, factor: float, floor: int
+) -> None:
+    """The rhythm's day count is rounded up in C integers (compiled): as math.ceil."""
+    import math
+
+    policy = LifecyclePolicy(  # dormancy far off: the rounding is not hidden by the cap
+        rhythm_min_orders=2,
+        rhythm_factor=factor,
+        rhythm_floor_days=floor,
+        dormant_days=100_000,
+        churned_days=200_000,
+    )
+    h = PurchaseHistory(orders, first, first + gap, first + gap - 1)
+    days = math.ceil(factor * (gap / (orders - 1)))
+    assert at_risk_after(h, policy) == min(max(days, floor), policy.dormant_days - 1)
