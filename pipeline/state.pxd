@@ -5,7 +5,7 @@
 
 import cython
 
-from pipeline.events cimport Touchpoint
+from pipeline.events cimport Chat, Join, Purchase, Refund, Share, Touchpoint
 from pipeline.lifecycle cimport LifecyclePolicy, PurchaseHistory
 from pipeline.rfm cimport RfmPolicy
 from pipeline cimport rfm, stages
@@ -100,14 +100,16 @@ cpdef Aggregates _add_order(Aggregates a, object order_id, long long t, long lon
 cpdef Aggregates _take_refund(Aggregates a, object order_id, object amount)
 @cython.locals(n=Aggregates)
 cpdef Aggregates _with_pending_refund(Aggregates a, object order_id, object amount)
-@cython.locals(n=Aggregates)
+# each payload typed: its fields are C reads
+@cython.locals(n=Aggregates, p=Purchase)
 cpdef Aggregates _on_purchase(Aggregates a, Touchpoint e)
+@cython.locals(p=Refund)
 cpdef Aggregates _on_refund(Aggregates a, Touchpoint e)
-@cython.locals(n=Aggregates)
+@cython.locals(n=Aggregates, p=Chat)
 cpdef Aggregates _on_chat(Aggregates a, Touchpoint e)
-@cython.locals(n=Aggregates)
+@cython.locals(n=Aggregates, p=Share)
 cpdef Aggregates _on_share(Aggregates a, Touchpoint e)
-@cython.locals(n=Aggregates)
+@cython.locals(n=Aggregates, p=Join)
 cpdef Aggregates _on_join(Aggregates a, Touchpoint e)
 @cython.locals(n=Aggregates)
 cpdef Aggregates _on_leave(Aggregates a, Touchpoint e)
