@@ -34,6 +34,8 @@ cdef class Policy:
     cdef readonly long long referral_window_days
     cdef readonly dict brand_groups
     cdef readonly dict _rules_by_brand, _cores
+    cdef readonly object _last_brand
+    cdef readonly BrandCore _last_core
     cpdef object groups_of(self, object brand)
     cpdef RfmPolicy rfm_for(self, object brand)
     cpdef object rules_for(self, object brand)

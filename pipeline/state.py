@@ -90,6 +90,9 @@ class Policy:
     _cores: dict[str, BrandCore] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # the brand `core_for` was asked last, and its answer (compiled only)
+    _last_brand: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
+    _last_core: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.dedup_window < 1:
@@ -114,7 +117,12 @@ class Policy:
         return found
 
     def core_for(self, brand: str) -> BrandCore:
-        """What `derive` and `compute_due` read of the brand's policy, built once."""
+        """What `derive` and `compute_due` read of the brand's policy, built once.
+        Compiled, the brand asked last is answered without the lookup: the core asks for
+        one event's brand up to four times, as the same string object."""
+        if cython.compiled and brand is self._last_brand:
+            last: BrandCore = self._last_core
+            return last
         found = self._cores.get(brand)
         if found is None:
             book = self.rules_for(brand)
@@ -126,6 +134,9 @@ class Policy:
                 book.day_thresholds,
             )
             self._cores[brand] = found
+        if cython.compiled:  # C fields, out of the frozen dataclass's Python view
+            self._last_brand = brand  # type: ignore[misc]
+            self._last_core = found  # type: ignore[misc]
         return found
 
 
