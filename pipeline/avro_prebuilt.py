@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.core_loader import INTERPRETED_ENV
+from pipeline.core_loader import INTERPRETED_ENV, state_is_compiled
 
 READERS_MODULE = "_avro_readers"
 WRITERS_MODULE = "_avro_writers"
@@ -31,11 +31,16 @@ def source_key(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:20]
 
 
-def prebuilt(module: str) -> Mapping[str, Callable[..., Any]]:
+def prebuilt(module: str, reads_core_types: bool = False) -> Mapping[str, Callable[..., Any]]:
     """The functions `module` (READERS_MODULE, WRITERS_MODULE or rules.RULES_MODULE) holds,
     by their key: none without a build, or with `TOUCHFLOW_INTERPRETED=1` (which also runs
-    the core uncompiled)."""
+    the core uncompiled). `reads_core_types`: the module reads the core's objects as their
+    C types (the rules' evaluators), so it is used only beside the compiled core it was
+    built with: when the build is stale, the core runs from its `.py` files, whose
+    objects have no such layout (pipeline.core_loader)."""
     if os.environ.get(INTERPRETED_ENV, "") not in ("", "0"):
+        return {}
+    if reads_core_types and not state_is_compiled():
         return {}
     try:
         built = importlib.import_module(f"pipeline.{module}")

@@ -122,6 +122,14 @@ def is_compiled(module: ModuleType) -> bool:
     )
 
 
+def state_is_compiled() -> bool:
+    """Whether `pipeline.state` runs compiled (and so the whole core: all or none). Read
+    from the module being imported when asked during its import."""
+    name = f"{__package__}.state"
+    module = sys.modules.get(name) or importlib.import_module(name)
+    return is_compiled(module)
+
+
 def core_is_compiled() -> bool:
     """Whether every core module this process imported is the compiled one."""
     return all(is_compiled(importlib.import_module(f"{__package__}.{m}")) for m in MODULES)

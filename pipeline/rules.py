@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,7 +333,7 @@ def _generate(
     time when the build has it (`evaluators_module_source`), else run with `exec`."""
     source = evaluator_source(tags, layers)
     code, consts = source
-    built = prebuilt(RULES_MODULE).get(evaluator_key(source))
+    built = prebuilt(RULES_MODULE, reads_core_types=True).get(evaluator_key(source))
     if built is not None:
         return built, source
     namespace: dict[str, Any] = {f"c{i}": v for i, v in enumerate(consts)}
@@ -383,11 +384,48 @@ def evaluator_key(source: EvaluatorSource) -> str:
     return source_key(f"{code}# {consts!r}\n")
 
 
-def evaluators_module_source(sources: Iterable[EvaluatorSource]) -> str:
+# The typed build of an evaluator (`evaluators_module_source`): its arguments are the
+# core's own types, so a fact is a C field read, and the integer facts that are never
+# None are C integers compared with their constants written in as literals, so a
+# condition is a C comparison (each fact was an attribute lookup through Python and each
+# test a compare of objects: ~4 % of the core's work). Found only beside the compiled
+# core it was built with (`prebuilt(..., reads_core_types=True)`).
+_CORE_TYPES = [
+    "from cython.cimports.pipeline.rfm import Window, day_of",
+    "from cython.cimports.pipeline.state import Aggregates, Scores",
+]
+_TYPED_ARGS = ["a=Aggregates", "scores=Scores", "window=Window", "today=cython.longlong"]
+# int facts whose source never gives None (days_since_last_purchase does, with no purchase)
+_C_INTEGER_FACTS = frozenset(f for f, k in FACT_TYPES.items() if k is int) - {
+    "days_since_last_purchase"
+}
+_C_INTEGER_RANGE = range(-(2**62), 2**62)  # a literal well inside a C long long
+_FACT_OF_SOURCE = {code: fact for fact, code in FACT_SOURCES.items()}
+_READ = re.compile(r"^    (f\d+) = (.*)$", re.MULTILINE)
+_CONST = re.compile(r"\bc(\d+)\b")
+
+
+def typed_evaluator(code: str, consts: tuple[Any, ...]) -> tuple[str, list[str]] | None:
+    """`code` (an evaluator's source) as the typed build compiles it, and the C types to
+    declare: constants written in as literals, no `is not None` test of a C integer fact;
+    None when a constant is an integer too large for C (then it is built untyped)."""
+    if any(type(c) is int and c not in _C_INTEGER_RANGE for c in consts):
+        return None
+    types = list(_TYPED_ARGS)
+    for var, fact_source in _READ.findall(code):
+        if _FACT_OF_SOURCE[fact_source] in _C_INTEGER_FACTS:
+            types.append(f"{var}=cython.longlong")
+            code = code.replace(f"{var} is not None and ", "")
+    return _CONST.sub(lambda m: repr(consts[int(m[1])]), code), types
+
+
+def evaluators_module_source(sources: Iterable[EvaluatorSource], typed: bool = True) -> str:
     """The module `pipeline._rule_evaluators` is compiled from: each evaluator of
-    `sources` whose constants are literals, with them as its arguments' defaults (C
-    locals, compiled), in FUNCTIONS by `evaluator_key`."""
-    lines = ["import cython", "", "from pipeline.rfm import day_of", "", "FUNCTIONS = {}", ""]
+    `sources` whose constants are literals, in FUNCTIONS by `evaluator_key`. `typed`:
+    each as `typed_evaluator` gives it, where it can; else (and without `typed`, which
+    also runs as plain Python: tests) with its constants as its arguments' defaults."""
+    lines = ["import cython", "", *(_CORE_TYPES if typed else ["from pipeline.rfm import day_of"])]
+    lines += ["", "FUNCTIONS = {}", ""]
     seen: set[str] = set()
     for source in sources:
         code, consts = source
@@ -395,10 +433,15 @@ def evaluators_module_source(sources: Iterable[EvaluatorSource]) -> str:
         if key in seen or not all(_is_literal(c) for c in consts):
             continue
         seen.add(key)
-        defaults = "".join(f", c{i}={c!r}" for i, c in enumerate(consts))
-        head = f"def evaluate({_EVALUATOR_PARAMS}"
-        code = code.replace(f"{head}):", f"{head}{defaults}):", 1)
-        lines += ["", compiled_function(code, "evaluate", key, [])]
+        built = typed_evaluator(code, consts) if typed else None
+        if built is not None:
+            code, types = built
+        else:
+            types = []
+            defaults = "".join(f", c{i}={c!r}" for i, c in enumerate(consts))
+            head = f"def evaluate({_EVALUATOR_PARAMS}"
+            code = code.replace(f"{head}):", f"{head}{defaults}):", 1)
+        lines += ["", compiled_function(code, "evaluate", key, types)]
         lines += [f"FUNCTIONS[{key!r}] = evaluate_{key}", ""]
     return "\n".join(lines)
 

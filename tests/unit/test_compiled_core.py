@@ -195,6 +195,10 @@ def test_a_real_build_with_one_source_edited_imports_and_runs_from_source(
         "from pipeline.core_loader import is_compiled\n"
         "print('engine compiled:', is_compiled(e), 'state compiled:', is_compiled(s))\n"
         "print('applied:', e.PartitionEngine(s.Policy(), {}).backlog)\n"
+        # the built evaluators read the compiled core's objects as C types: not these
+        "from pipeline.rules import compile_rules\n"
+        "print('evaluator:', type(compile_rules(None).default.compiled).__name__)\n"
+        "print('tags:', s.derive(s.Aggregates(lifetime_orders=2), 'b', 0, s.Policy()).tags)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe],
@@ -208,6 +212,8 @@ def test_a_real_build_with_one_source_edited_imports_and_runs_from_source(
     assert "warned: touchflow: the compiled core was built from older sources (state" in proc.stdout
     assert "engine compiled: False state compiled: False" in proc.stdout
     assert "applied: 0" in proc.stdout
+    assert "evaluator: function" in proc.stdout
+    assert "tags: ('repeat_buyer',)" in proc.stdout
 
 
 def test_the_source_finder_finds_only_the_modules_it_is_given(tmp_path: Path) -> None:

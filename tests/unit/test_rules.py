@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -327,7 +328,7 @@ def _built_module(specs: list[dict[str, Any]]) -> dict[str, Any]:
 
     sources = [compile_rules(spec).default.source for spec in specs]
     module: dict[str, Any] = {}
-    exec(compile(evaluators_module_source(sources), "<rules>", "exec"), module)
+    exec(compile(evaluators_module_source(sources, typed=False), "<rules>", "exec"), module)
     return module
 
 
@@ -367,7 +368,7 @@ def test_an_evaluator_whose_constants_are_not_literals_is_left_to_its_source() -
 
     code = "def evaluate(a, scores, segment, stage, life, today, window):\n    return (c0,), ()\n"
     module: dict[str, Any] = {}
-    exec(evaluators_module_source([(code, (object(),))]), module)
+    exec(evaluators_module_source([(code, (object(),))], typed=False), module)
     assert module["FUNCTIONS"] == {}
 
 
@@ -392,3 +393,89 @@ def test_without_a_build_the_evaluators_run_their_source(monkeypatch: pytest.Mon
     monkeypatch.setenv("TOUCHFLOW_INTERPRETED", "1")
     assert prebuilt(RULES_MODULE) == {}
     assert type(compile_rules(None).default.compiled).__name__ == "function"
+
+
+# Conditions on every integer fact that is never None (the typed build's C integers),
+# with each operator, beside facts that may be None.
+C_INTEGER_RULES: dict[str, Any] = {
+    "default": {
+        "tags": [
+            {"name": "w", "when": {"window_amount_minor": {"gte": 300_000}}},
+            {"name": "wo", "when": {"window_orders": {"in": [1, 2]}}},
+            {"name": "seen", "when": {"days_since_first_seen": {"lt": 30, "ne": 7}}},
+            {"name": "talk", "when": {"engagements": {"gt": 2}}},
+            {
+                "name": "inv",
+                "when": {"all": [{"invitations": {"lte": 3}}, {"converted_invitees": {"eq": 0}}]},
+            },
+            {"name": "spent", "when": {"lifetime_amount_minor": {"gte": 101}}},
+            {"name": "late", "when": {"days_since_last_purchase": {"gte": 30}}},
+            {"name": "from", "when": {"acquisition_channel": {"eq": "wecom"}}},
+        ],
+    }
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(held=_held())
+def test_the_typed_build_of_an_evaluator_evaluates_as_its_source_does(
+    held: tuple[Any, ...],
+) -> None:
+    """`typed_evaluator`'s code (constants written in, no None test of a C integer fact)
+    run as plain Python: as the rules' predicates."""
+    from pipeline.rfm import day_of
+    from pipeline.rules import typed_evaluator
+
+    for spec in (EVERY_FORM_RULES, KOC_RULES, DEFAULT_RULES, C_INTEGER_RULES):
+        rules = compile_rules(spec).default
+        assert rules.source is not None
+        built = typed_evaluator(*rules.source)
+        assert built is not None
+        code, _ = built
+        assert not re.search(r"\bc\d+\b", code)  # every constant written in
+        scope: dict[str, Any] = {"day_of": day_of}
+        exec(code, scope)
+        assert scope["evaluate"](*held) == rules.evaluate_each(facts_of(*held))
+
+
+def test_the_typed_build_declares_c_integers_only_for_facts_never_none() -> None:
+    from pipeline.rules import FACT_SOURCES, typed_evaluator
+
+    fact_of = {code: fact for fact, code in FACT_SOURCES.items()}
+    rules = compile_rules(C_INTEGER_RULES).default
+    assert rules.source is not None
+    built = typed_evaluator(*rules.source)
+    assert built is not None
+    code, types = built
+    reads = dict(re.findall(r"^    (f\d+) = (.*)$", code, re.MULTILINE))
+    typed = {fact_of[reads[t.split("=")[0]]] for t in types if t.startswith("f")}
+    assert typed == {
+        "window_amount_minor", "window_orders", "days_since_first_seen", "engagements",
+        "invitations", "converted_invitees", "lifetime_amount_minor",
+    }  # fmt: skip
+    for var, source in reads.items():  # the others keep their test for a missing value
+        assert (f"{var} is not None and" in code) == (fact_of[source] not in typed)
+
+
+def test_an_integer_constant_too_large_for_c_leaves_its_evaluator_untyped() -> None:
+    from pipeline.rules import evaluators_module_source, typed_evaluator
+
+    rich = {"name": "rich", "when": {"lifetime_amount_minor": {"gte": 2**70}}}
+    huge = {"default": {"tags": [rich]}}
+    rules = compile_rules(huge).default
+    assert rules.source is not None
+    assert typed_evaluator(*rules.source) is None
+    module = evaluators_module_source([rules.source])
+    assert f"c0={2**70!r}" in module  # its constant passed as an argument's default, as before
+
+
+def test_an_evaluator_typed_by_the_core_is_not_used_beside_an_uncompiled_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stale build runs the core from its .py files, whose objects have no C layout:
+    the typed evaluators must not be handed those."""
+    import pipeline.avro_prebuilt as prebuilt_module
+    from pipeline.rules import RULES_MODULE
+
+    monkeypatch.setattr(prebuilt_module, "state_is_compiled", lambda: False)
+    assert prebuilt_module.prebuilt(RULES_MODULE, reads_core_types=True) == {}
