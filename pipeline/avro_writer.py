@@ -53,13 +53,18 @@ class ObjectLayout:
     `memoized`: array fields held as tuples of immutable values (ints, strings, tuples of
     them), whose encoded bytes the writer remembers per tuple object (`ArrayMemo`).
     `objects`: record fields held as an object whose attributes are named as the
-    record's fields (e.g. a change's `scores_before`, a `Scores`)."""
+    record's fields (e.g. a change's `scores_before`, a `Scores`).
+    `classes`: the classes of `pipeline.state` the object `s`, the prelude's names and the
+    `objects` fields hold (e.g. `{"s": "SegmentChange", "scores_before": "Scores"}`):
+    the build declares them, so each attribute is a C field read (`writers_module_source`).
+    """
 
     fields: Mapping[str, str]
     items: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     prelude: tuple[str, ...] = ()
     memoized: frozenset[str] = frozenset()
     objects: frozenset[str] = frozenset()
+    classes: Mapping[str, str] = field(default_factory=dict)
 
 
 class ArrayMemo:
@@ -101,6 +106,7 @@ class _Source:
         self.open: set[str] = set()  # records being written: a reference back is recursion
         self.memoized: set[str] = set()  # variables holding an array to memoize
         self.objects: set[str] = set()  # variables holding a record as an object
+        self.classes: dict[str, str] = {}  # variables holding an object of a core class
         self.scope: dict[str, Any] = {}  # names the generated code reads (memos)
         self.longs: list[str] = []  # variables holding a `long` field's value, never None
         self.zigzags: list[str] = []  # variables holding a zigzag-encoded long
@@ -163,6 +169,8 @@ class _Source:
                         self.memoized.add(v)
                     if f["name"] in self.layout.objects:
                         self.objects.add(v)
+                        if f["name"] in self.layout.classes:
+                            self.classes[v] = self.layout.classes[f["name"]]
                 self.value(indent, f["type"], v)
             self.open.discard(schema["name"])
         elif kind == "array" and expr in self.memoized:
@@ -295,14 +303,23 @@ def _compile(schema: dict[str, Any], layout: ObjectLayout | None) -> ObjectWrite
 _MEMO = re.compile(r"\bmemo(\d+)\b")  # an ArrayMemo the source reads by name
 
 
-def writers_module_source(writers: Iterable[tuple[dict[str, Any], ObjectLayout | None]]) -> str:
+def writers_module_source(
+    writers: Iterable[tuple[dict[str, Any], ObjectLayout | None]], typed: bool = True
+) -> str:
     """The module `pipeline._avro_writers` is compiled from: the encoder of each (schema,
     layout) of `writers` that this module compiles, with `out` declared a `bytearray`, in
     FUNCTIONS by its `source_key`; each `ArrayMemo` it reads becomes a module global of
     its own (shared by every codec of the process that uses the encoder: an entry is an
-    immutable tuple and its bytes, the same whoever wrote it)."""
-    lines = ["import cython", "", "from pipeline.avro_writer import ArrayMemo", ""]
-    lines += ["FUNCTIONS = {}", ""]
+    immutable tuple and its bytes, the same whoever wrote it). An object's encoder has
+    its object and the names `layout.classes` gives declared as those core classes, so
+    the module is used only beside the compiled core it was built with (`prebuilt`).
+    Without `typed`, none are, and the module also runs as plain Python (tests)."""
+    writers = list(writers)
+    core = sorted({c for _, layout in writers if layout for c in layout.classes.values()})
+    lines = ["import cython", ""]
+    if core and typed:
+        lines += [f"from cython.cimports.pipeline.state import {', '.join(core)}"]
+    lines += ["from pipeline.avro_writer import ArrayMemo", "", "FUNCTIONS = {}", ""]
     seen: set[str] = set()
     for schema, layout in writers:
         made = _generated(schema, layout)
@@ -321,6 +338,8 @@ def writers_module_source(writers: Iterable[tuple[dict[str, Any], ObjectLayout |
         if layout is not None:  # an object's fields, from touchflow's own values: C integers
             types += [f"{v}=cython.longlong" for v in source.longs]
             types += [f"{z}=cython.ulonglong" for z in source.zigzags]
+            named = {n: c for n, c in layout.classes.items() if n not in layout.objects}
+            types += [f"{n}={c}" for n, c in {**named, **source.classes}.items() if typed]
         lines += ["", compiled_function(code, "write", key, types)]
         lines += [f"FUNCTIONS[{key!r}] = write_{key}", ""]
     return "\n".join(lines)
@@ -328,4 +347,4 @@ def writers_module_source(writers: Iterable[tuple[dict[str, Any], ObjectLayout |
 
 def prebuilt_writers() -> Mapping[str, ObjectWriter]:
     """The encoders compiled ahead of time, by `source_key` (pipeline.avro_prebuilt)."""
-    return prebuilt(WRITERS_MODULE)
+    return prebuilt(WRITERS_MODULE, reads_core_types=True)

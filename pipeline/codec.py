@@ -378,12 +378,14 @@ def state_to_record(s: PersonState) -> dict[str, Any]:
 CHANGE_LAYOUT = ObjectLayout(
     fields={f.name: f"s.{f.name}" for f in fields(SegmentChange)},
     objects=frozenset({"scores_before", "scores_after"}),
+    classes={"s": "SegmentChange", "scores_before": "Scores", "scores_after": "Scores"},
 )
 
 # Where `state_to_record` finds each field, for the state's compiled writer (it encodes
 # the same bytes without building that dict: tests/unit/test_avro_writer.py).
 STATE_LAYOUT = ObjectLayout(
     prelude=("a = s.agg", "d = s.derived", "sc = d.scores"),
+    classes={"s": "PersonState", "a": "Aggregates", "d": "Derived", "sc": "Scores"},
     fields={
         "version": "s.version",
         "seq": "s.seq",

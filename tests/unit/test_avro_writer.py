@@ -443,7 +443,7 @@ def test_the_module_the_build_compiles_writes_as_the_sources_do() -> None:
         (codecs.state.schema, STATE_LAYOUT),  # the same twice: built once
     ]
     module: dict[str, Any] = {}
-    exec(compile(writers_module_source(pairs), "<writers>", "exec"), module)
+    exec(compile(writers_module_source(pairs, typed=False), "<writers>", "exec"), module)
     sources = [writer_source(schema, layout) for schema, layout in pairs]
     keys = [source_key(made[0]) for made in sources if made is not None]
     assert sorted(module["FUNCTIONS"]) == sorted(set(keys)) and len(set(keys)) == 4
@@ -459,3 +459,23 @@ def test_the_module_the_build_compiles_writes_as_the_sources_do() -> None:
             out = bytearray()
             write(item if layout else to_record(item), out)
             assert bytes(out) == fastavro_bytes(schema, to_record(item))
+
+
+def test_the_build_declares_the_core_classes_an_object_encoder_reads() -> None:
+    """Each name a layout's `classes` gives, and each `objects` field's variable, is
+    declared its class (C field reads when compiled); the classes are cimported once; a
+    record's encoder (no layout) declares none."""
+    codecs = Codecs()
+    pairs = [(codecs.changes.schema, None), (codecs.changes.schema, CHANGE_LAYOUT)]
+    pairs += [(codecs.state.schema, STATE_LAYOUT)]
+    module = writers_module_source(pairs)
+    cimport = "from cython.cimports.pipeline.state import "
+    assert module.count(cimport) == 1
+    assert f"{cimport}Aggregates, Derived, PersonState, Scores, SegmentChange\n" in module
+    declared = [line for line in module.splitlines() if line.startswith("@cython.locals(")]
+    record, change, state = declared
+    assert "=Scores" not in record and "s=" not in record
+    assert "s=SegmentChange" in change and change.count("=Scores") == 2  # before, after
+    for name, cls in STATE_LAYOUT.classes.items():
+        assert f" {name}={cls}" in state or f", {name}={cls}" in state
+    assert cimport not in writers_module_source(pairs, typed=False)

@@ -185,6 +185,7 @@ def test_a_real_build_with_one_source_edited_imports_and_runs_from_source(
         pytest.skip("needs the compiled core (make venv builds it)")
     package = tmp_path / "pipeline"
     shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PACKAGE_DIR.parent / "schemas", tmp_path / "schemas")  # the codecs'
     with (package / "state.py").open("a") as f:
         f.write("\n# edited after the build\n")
     probe = (
@@ -199,6 +200,9 @@ def test_a_real_build_with_one_source_edited_imports_and_runs_from_source(
         "from pipeline.rules import compile_rules\n"
         "print('evaluator:', type(compile_rules(None).default.compiled).__name__)\n"
         "print('tags:', s.derive(s.Aggregates(lifetime_orders=2), 'b', 0, s.Policy()).tags)\n"
+        "from pipeline.codec import Codecs\n"
+        "c = Codecs(); st = s.PersonState()\n"
+        "print('state:', c.decode_state(c.encode_state(st)) == st, c.state.writers_prebuilt)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe],
@@ -214,6 +218,7 @@ def test_a_real_build_with_one_source_edited_imports_and_runs_from_source(
     assert "applied: 0" in proc.stdout
     assert "evaluator: function" in proc.stdout
     assert "tags: ('repeat_buyer',)" in proc.stdout
+    assert "state: True False" in proc.stdout  # encoded, by the source's encoder
 
 
 def test_the_source_finder_finds_only_the_modules_it_is_given(tmp_path: Path) -> None:
