@@ -2,7 +2,7 @@
 # (docs/compiled-core.md): the contract checks every event passes before it touches state.
 # Integers are `long long`; anything else a field may hold is `object`.
 
-from pipeline.events cimport Touchpoint, UserRef
+from pipeline.events cimport Identify, Join, Purchase, Refund, Share, Touchpoint, UserRef
 from pipeline.pii cimport is_pseudonymised
 
 cdef class Limits:
@@ -12,4 +12,4 @@ cdef class Limits:
 cpdef _check_pseudonymised(object where, UserRef user)
 cpdef _check_identities(Touchpoint e)
 cpdef bint _is_slug(object brand)
-cpdef object validate(Touchpoint e, object now_ms, Limits limits)
+cpdef object validate(Touchpoint e, long long now_ms, Limits limits)
