@@ -17,6 +17,11 @@ from typing import Any, Protocol
 
 import fastavro
 
+try:
+    import cython
+except ImportError:  # not installed (a runtime without the build's tools): plain Python
+    from pipeline import _no_cython as cython
+
 from pipeline.avro_reader import compile_reader, prebuilt_readers
 from pipeline.avro_writer import (
     ObjectLayout,
@@ -181,8 +186,61 @@ class WireCodec:
 # -- touchpoints -------------------------------------------------------------------------
 
 
+# Decoded events are built field by field when compiled (codec.pxd types them): a class
+# call parses its arguments through Python, and a decoded event builds three objects.
+
+
+def _user_ref(id_type: str, id: str) -> UserRef:
+    if cython.compiled:
+        u = UserRef.__new__(UserRef)
+        u.id_type = id_type
+        u.id = id
+        return u
+    return UserRef(id_type, id)
+
+
 def _user(d: dict[str, Any] | None) -> UserRef | None:
-    return None if d is None else UserRef(d["id_type"], d["id"])
+    return None if d is None else _user_ref(d["id_type"], d["id"])
+
+
+def _join_from_avro(d: dict[str, Any]) -> Join:
+    if cython.compiled:
+        p = Join.__new__(Join)
+        p.kind = d["kind"]
+        p.source = d["source"]
+        p.referrer = _user(d["referrer"])
+        return p
+    return Join(d["kind"], d["source"], _user(d["referrer"]))
+
+
+def _purchase_from_avro(d: dict[str, Any]) -> Purchase:
+    if cython.compiled:
+        p = Purchase.__new__(Purchase)
+        p.order_id = d["order_id"]
+        p.amount_minor = d["amount_minor"]
+        p.currency = d["currency"]
+        p.items = d["items"]
+        p.place = d["place"]
+        return p
+    return Purchase(d["order_id"], d["amount_minor"], d["currency"], d["items"], d["place"])
+
+
+def _chat_from_avro(d: dict[str, Any]) -> Chat:
+    if cython.compiled:
+        p = Chat.__new__(Chat)
+        p.direction = d["direction"]
+        p.party = d["party"]
+        return p
+    return Chat(d["direction"], d["party"])
+
+
+def _share_from_avro(d: dict[str, Any]) -> Share:
+    if cython.compiled:
+        p = Share.__new__(Share)
+        p.content_id = d["content_id"]
+        p.invitee = _user(d["invitee"])
+        return p
+    return Share(d["content_id"], _user(d["invitee"]))
 
 
 def _user_dict(u: UserRef | None) -> dict[str, str] | None:
@@ -201,7 +259,7 @@ _PAYLOADS: tuple[_PayloadKind, ...] = (
     _PayloadKind(
         EventType.JOIN,
         "touchflow.Join",
-        lambda d: Join(d["kind"], d["source"], _user(d["referrer"])),
+        _join_from_avro,
         lambda p: {"kind": p.kind, "source": p.source, "referrer": _user_dict(p.referrer)},
     ),
     _PayloadKind(
@@ -210,7 +268,7 @@ _PAYLOADS: tuple[_PayloadKind, ...] = (
     _PayloadKind(
         EventType.PURCHASE,
         "touchflow.Purchase",
-        lambda d: Purchase(d["order_id"], d["amount_minor"], d["currency"], d["items"], d["place"]),
+        _purchase_from_avro,
         lambda p: {
             "order_id": p.order_id,
             "amount_minor": p.amount_minor,
@@ -228,49 +286,88 @@ _PAYLOADS: tuple[_PayloadKind, ...] = (
     _PayloadKind(
         EventType.CHAT,
         "touchflow.Chat",
-        lambda d: Chat(d["direction"], d["party"]),
+        _chat_from_avro,
         lambda p: {"direction": p.direction, "party": p.party},
     ),
     _PayloadKind(
         EventType.SHARE,
         "touchflow.Share",
-        lambda d: Share(d["content_id"], _user(d["invitee"])),
+        _share_from_avro,
         lambda p: {"content_id": p.content_id, "invitee": _user_dict(p.invitee)},
     ),
     _PayloadKind(
         EventType.IDENTIFY,
         "touchflow.Identify",
-        lambda d: Identify(tuple(UserRef(u["id_type"], u["id"]) for u in d["identities"])),
+        lambda d: Identify(tuple(_user_ref(u["id_type"], u["id"]) for u in d["identities"])),
         lambda p: {"identities": [_user_dict(u) for u in p.identities]},
     ),
 )
 _BY_RECORD = {k.record_name: k for k in _PAYLOADS}
 _BY_TYPE = {k.type: k for k in _PAYLOADS}
 _EVENT_TYPES = {t.value: t for t in EventType}
+# (compiled: typed dicts, codec.pxd) record name -> the event type its payload is for
+_TYPE_OF_RECORD: dict[str, EventType] = {k.record_name: k.type for k in _PAYLOADS}
+_JOIN, _PURCHASE = EventType.JOIN, EventType.PURCHASE
+_CHAT, _SHARE = EventType.CHAT, EventType.SHARE
+
+
+def _payload_from_avro(event_type: EventType, record_name: str, d: dict[str, Any]) -> Payload:
+    """`_BY_RECORD[record_name].from_avro(d)`; the common kinds by a C call when compiled."""
+    if event_type is _CHAT:
+        return _chat_from_avro(d)
+    if event_type is _PURCHASE:
+        return _purchase_from_avro(d)
+    if event_type is _JOIN:
+        return _join_from_avro(d)
+    if event_type is _SHARE:
+        return _share_from_avro(d)
+    return _BY_RECORD[record_name].from_avro(d)
+
+
+def _touchpoint(
+    event_id: str,
+    event_type: EventType,
+    brand: str,
+    channel: str,
+    user: UserRef,
+    occurred_at: int,
+    payload: Payload,
+) -> Touchpoint:
+    if cython.compiled:
+        t = Touchpoint.__new__(Touchpoint)
+        t.event_id = event_id
+        t.type = event_type
+        t.brand = brand
+        t.channel = channel
+        t.user = user
+        t.occurred_at = occurred_at
+        t.payload = payload
+        return t
+    return Touchpoint(event_id, event_type, brand, channel, user, occurred_at, payload)
 
 
 def touchpoint_from_record(r: dict[str, Any]) -> Touchpoint:
     """A decoded Avro record (payload as (record name, dict)) as a typed Touchpoint."""
     record_name, payload = r["payload"]
-    kind = _BY_RECORD[record_name]
+    payload_type = _TYPE_OF_RECORD[record_name]
     event_type = _EVENT_TYPES.get(r["type"])
     if event_type is None:
         raise Rejected(
             Reason.UNKNOWN_TYPE, f"type {r['type']!r} is not one of {list(_EVENT_TYPES)}"
         )
-    if event_type is not kind.type:
+    if event_type is not payload_type:
         raise Rejected(
             Reason.TYPE_MISMATCH, f"type {r['type']!r} but payload is {record_name.split('.')[-1]}"
         )
     user = r["user"]
-    return Touchpoint(  # positional: ~0.1 µs less per event than by keyword
+    return _touchpoint(
         r["event_id"],
         event_type,
         r["brand"],
         r["channel"],
-        UserRef(user["id_type"], user["id"]),
+        _user_ref(user["id_type"], user["id"]),
         r["occurred_at"],
-        kind.from_avro(payload),
+        _payload_from_avro(event_type, record_name, payload),
     )
 
 
