@@ -18,6 +18,9 @@ cdef class Outcome:
     cdef public list changes, referrals, written
     cdef public object duplicate, redelivered, late
 
+@cython.locals(out=Outcome)
+cpdef Outcome _new_outcome()
+
 cdef class PartitionEngine:
     cdef public Policy policy
     cdef public object store
@@ -30,7 +33,7 @@ cdef class PartitionEngine:
     @cython.locals(keys=list, due=cython.longlong)
     cpdef schedule(self, object key, PersonState s)
     cpdef rescheduled(self, object key, PersonState old, PersonState new)
-    @cython.locals(s=PersonState, keys=list, times=list)
+    @cython.locals(s=PersonState, keys=list, times=list, current=cython.longlong)
     cpdef list fire_due(self, object now, object written=*)
     @cython.locals(times=list, t=cython.longlong, latest=cython.longlong, wm=cython.longlong)
     cpdef Outcome on_event(self, Touchpoint event, object person_id, object offset=*, Outcome out=*, object source=*)

@@ -28,6 +28,11 @@ import heapq
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
 
+try:
+    import cython
+except ImportError:  # not installed (a runtime without the build's tools): plain Python
+    from pipeline import _no_cython as cython
+
 from pipeline import state as core
 from pipeline.events import EventType, Touchpoint
 
@@ -69,6 +74,19 @@ class Outcome:
         self.duplicate = False  # event id seen recently for this person: dropped
         self.redelivered = False  # offset already applied (restart): skipped
         self.late = False  # older than the watermark: applied, counted
+
+
+def _new_outcome() -> Outcome:
+    """`Outcome()`: compiled, built in C (the class call parsed its no arguments through
+    Python on every event the caller gave no outcome to fill)."""
+    if cython.compiled:
+        out = Outcome.__new__(Outcome)
+        out.changes = []
+        out.referrals = []
+        out.written = []
+        out.duplicate = out.redelivered = out.late = False
+        return out
+    return Outcome()
 
 
 @dataclass
@@ -153,7 +171,10 @@ class PartitionEngine:
                 if s is None:
                     continue  # the person moved to another worker
                 brand, person_id = core.split_table_key(key)
-                if core.next_due(s, brand, self.policy) != due:
+                current = s.due  # `core.next_due`, as a C integer (DUE_NEVER for None)
+                if current == _DUE_UNKNOWN:
+                    current = core.compute_due(s.agg, s.as_of, brand, self.policy)
+                if current != due:
                     continue  # stale: an event moved this person's due time
                 s, more = core.advance(s, brand, person_id, due, self.policy)
                 _store(self.store, key, s)
@@ -173,7 +194,7 @@ class PartitionEngine:
     ) -> Outcome:
         """Advance the clock to this event, fire what is due, then apply the event.
         `source`: the (events partition, offset) the resolver forwarded it from."""
-        out = out if out is not None else Outcome()
+        out = out if out is not None else _new_outcome()
         t = event.occurred_at
         # the clock as a C integer here (compiled); the attribute (None before any event)
         # is written only when it moves

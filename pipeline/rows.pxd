@@ -4,7 +4,7 @@
 
 import cython
 
-from pipeline.events cimport Touchpoint
+from pipeline.events cimport Join, Purchase, Refund, Share, Touchpoint
 from pipeline.state cimport Aggregates, Derived, PersonState, Scores, SegmentChange
 
 cpdef list event_row(Touchpoint e, object person_id, object partition, object offset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.events import ORDER_PAYLOADS, EventType, Join, Share, Touchpoint
+from pipeline.events import EventType, Join, Purchase, Refund, Share, Touchpoint
 from pipeline.identity import seed_of
 from pipeline.state import PersonState, SegmentChange
 
@@ -36,7 +36,8 @@ _TYPE_VALUE: dict[EventType, str] = {t: t.value for t in EventType}
 def event_row(e: Touchpoint, person_id: str, partition: int, offset: int) -> list[Any]:
     p = e.payload
     amount, order_id, source, related, related_person = 0, "", "", "", ""
-    if isinstance(p, ORDER_PAYLOADS):
+    # the classes named (events.ORDER_PAYLOADS): compiled (cimported), C type checks
+    if isinstance(p, (Purchase, Refund)):
         amount, order_id = p.amount_minor, p.order_id
     elif isinstance(p, Join):
         source = p.source or ""

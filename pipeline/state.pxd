@@ -14,6 +14,38 @@ from pipeline.stages cimport AiplPolicy
 
 cdef long long _DUE_UNKNOWN, _DUE_NEVER, _MS_PER_DAY, _ALL_FACTS, _AIPL_STAGE_BIT
 
+# The hash an exact str caches, read from the object (`holds_id`, compiled only): Python
+# computes and stores it on first use, here too (PyObject_Hash when not yet cached).
+cdef extern from *:
+    """
+    static CYTHON_INLINE Py_hash_t touchflow_str_hash(PyObject *s) {
+        Py_hash_t h = ((PyASCIIObject *)s)->hash;
+        return h != -1 ? h : PyObject_Hash(s);
+    }
+    """
+    Py_hash_t _str_hash "touchflow_str_hash" (object s) except? -1
+
+# `(*ids, event_id)[-keep:]` as one new tuple (`_with_id`, compiled only; keep >= 1).
+cdef extern from *:
+    """
+    static PyObject *touchflow_with_id(PyObject *ids, PyObject *id, Py_ssize_t keep) {
+        Py_ssize_t n = PyTuple_GET_SIZE(ids);
+        Py_ssize_t start = n < keep ? 0 : n - keep + 1;
+        Py_ssize_t kept = n - start;
+        PyObject *t = PyTuple_New(kept + 1);
+        if (t == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < kept; i++) {
+            PyObject *x = PyTuple_GET_ITEM(ids, start + i);
+            Py_INCREF(x);
+            PyTuple_SET_ITEM(t, i, x);
+        }
+        Py_INCREF(id);
+        PyTuple_SET_ITEM(t, kept, id);
+        return t;
+    }
+    """
+    tuple _with_id_c "touchflow_with_id" (tuple ids, object event_id, Py_ssize_t keep)
+
 cdef class BrandCore:
     cdef readonly RfmPolicy rfm
     cdef readonly object rules, evaluate
@@ -148,7 +180,7 @@ cpdef object state_key(object brand, object person_id)
 cpdef tuple split_state_key(object key)
 @cython.locals(key=str)
 cpdef bytes table_key(object brand, object person_id)
-@cython.locals(text=str)
+@cython.locals(text=str, i=Py_ssize_t)
 cpdef tuple split_table_key(bytes key)
 cpdef object referral_conversion(PersonState before, PersonState after, Touchpoint event, Policy policy)
 @cython.locals(n=Aggregates)

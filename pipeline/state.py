@@ -1180,8 +1180,11 @@ def advance(
 
 
 def _with_id(ids: tuple[str, ...], event_id: str, keep: int) -> tuple[str, ...]:
-    """`(*ids, event_id)[-keep:]`, the recent ids with one more, as one tuple (two once
-    full) where the unpacking built a list, a tuple and the slice on every event."""
+    """`(*ids, event_id)[-keep:]`, the recent ids with one more. Compiled, one tuple
+    filled in C (`_with_id_c`, state.pxd); the unpacking built a list, a tuple and the
+    slice on every event."""
+    if cython.compiled:
+        return _with_id_c(ids, event_id, keep)  # type: ignore[name-defined,no-any-return]  # noqa: F821
     n = len(ids)
     if n < keep:
         return ids + (event_id,)  # noqa: RUF005 (compiled: one concatenation, no list)
@@ -1197,13 +1200,17 @@ def holds_id(ids: tuple[str, ...], event_id: str) -> bool:
     cached hashes are compared first, as C integers, and only an equal one by its text:
     `in` compares each id as text through Python's generic compare (~5 % of the core's
     work with 16 ids kept). Exact strings only: a str subclass may hash otherwise than
-    the text it equals (a StrEnum member hashes its name), so one is compared as text."""
+    the text it equals (a StrEnum member hashes its name), so one is compared as text.
+    Each id's hash is read from the string itself (`_str_hash`, state.pxd), not asked of
+    it through a call."""
     if cython.compiled and type(event_id) is str:
         h = hash(event_id)
         for x in ids:
             if x is event_id:
                 return True
-            if (type(x) is not str or hash(x) == h) and x == event_id:
+            if (
+                type(x) is not str or _str_hash(x) == h  # type: ignore[name-defined]  # noqa: F821
+            ) and x == event_id:
                 return True
         return False
     return event_id in ids
@@ -1320,10 +1327,13 @@ def table_key(brand: str, person_id: str) -> bytes:
 
 
 def split_table_key(key: bytes) -> tuple[str, str]:
-    """(brand, person id) of a `table_key`."""
+    """(brand, person id) of a `table_key` (as `partition(":")` splits it; compiled, a C
+    search and two slices, no tuple of three)."""
     text = key.decode()
-    brand, _, person_id = text.partition(":")
-    return brand, person_id
+    i = text.find(":")
+    if i < 0:
+        return text, ""
+    return text[:i], text[i + 1 :]
 
 
 # -- referrals (a referred person's first purchase counts for their referrer) ---------------

@@ -846,3 +846,10 @@ def test_core_for_is_the_brands_rfm_policy_and_rules() -> None:
         assert bc.day_thresholds is rules.day_thresholds
     assert policy.core_for("lumi").reads == fact_bits(["m"])
     assert policy.core_for("other").reads == fact_bits(["shares"])
+
+
+def test_a_table_key_without_its_colon_splits_as_partition_does() -> None:
+    from pipeline.state import split_state_key, split_table_key
+
+    assert split_table_key(b"lumi") == split_state_key("lumi") == ("lumi", "")
+    assert split_table_key(b"lumi:a:b") == split_state_key("lumi:a:b") == ("lumi", "a:b")
