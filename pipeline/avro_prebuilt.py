@@ -44,7 +44,10 @@ def prebuilt(module: str, reads_core_types: bool = False) -> Mapping[str, Callab
         return {}
     try:
         built = importlib.import_module(f"pipeline.{module}")
-    except ImportError:
+    except (ImportError, AttributeError, TypeError, ValueError):
+        # No build; or one whose C types do not match the core this process runs (a
+        # module cimporting the core's classes checks them as it loads: a class missing,
+        # not a type, or of another size): not used, its source runs instead.
         return {}
     # a build older than this module may name them otherwise: then it has none to give
     functions: Mapping[str, Callable[..., Any]] = getattr(built, "FUNCTIONS", {})

@@ -479,3 +479,22 @@ def test_an_evaluator_typed_by_the_core_is_not_used_beside_an_uncompiled_core(
 
     monkeypatch.setattr(prebuilt_module, "state_is_compiled", lambda: False)
     assert prebuilt_module.prebuilt(RULES_MODULE, reads_core_types=True) == {}
+
+
+@pytest.mark.parametrize("error", [ImportError, AttributeError, TypeError, ValueError])
+def test_a_build_that_does_not_load_beside_this_core_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    """A module cimporting the core's classes checks them as it loads (a class missing, not
+    a type, or of another size: e.g. found through another checkout's path): the build
+    is then not used, and the source runs."""
+    import importlib
+
+    import pipeline.avro_prebuilt as prebuilt_module
+    from pipeline.rules import RULES_MODULE
+
+    def fail(name: str) -> None:
+        raise error(f"{name}: does not match")
+
+    monkeypatch.setattr(importlib, "import_module", fail)
+    assert prebuilt_module.prebuilt(RULES_MODULE) == {}
