@@ -86,9 +86,6 @@ class Identify:
 
 
 Payload = Join | Leave | Purchase | Refund | Chat | Share | Identify
-# The payloads of an order (isinstance checks): a tuple built once, where `Purchase | Refund`
-# would build a new union on every call.
-ORDER_PAYLOADS = (Purchase, Refund)
 
 
 @fast_init

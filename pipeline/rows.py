@@ -36,7 +36,7 @@ _TYPE_VALUE: dict[EventType, str] = {t: t.value for t in EventType}
 def event_row(e: Touchpoint, person_id: str, partition: int, offset: int) -> list[Any]:
     p = e.payload
     amount, order_id, source, related, related_person = 0, "", "", "", ""
-    # the classes named (events.ORDER_PAYLOADS): compiled (cimported), C type checks
+    # an order's payloads, the classes named: compiled (cimported), C type checks
     if isinstance(p, (Purchase, Refund)):
         amount, order_id = p.amount_minor, p.order_id
     elif isinstance(p, Join):

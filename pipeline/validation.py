@@ -92,7 +92,7 @@ def validate(e: Touchpoint, now_ms: int, limits: Limits) -> Touchpoint:
             Reason.BAD_TIMESTAMP, f"occurred_at {e.occurred_at} is before {limits.earliest_ms}"
         )
     p = e.payload
-    # the classes named (events.ORDER_PAYLOADS): compiled (cimported), C type checks
+    # an order's payloads, the classes named: compiled (cimported), C type checks
     if isinstance(p, (Purchase, Refund)):
         if not p.order_id:
             raise Rejected(Reason.MISSING_FIELD, "order_id is empty")
